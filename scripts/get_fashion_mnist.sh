@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Makes sure the four Fashion-MNIST IDX files are somewhere ssl-ray finds them. In order:
+#   $SSL_RAY_FASHION_MNIST (a directory you name), /usr/share/datasets/fashion-mnist,
+#   Debian's package dataset-fashion-mnist (as root or with sudo), the dataset's own URLs
+#   (downloaded into ~/.cache/ssl-ray/fashion-mnist; export SSL_RAY_FASHION_MNIST to use it).
+set -euo pipefail
+files=(train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte)
+
+has_all() {
+  local dir="$1" f
+  for f in "${files[@]}"; do [[ -f "$dir/$f.gz" || -f "$dir/$f" ]] || return 1; done
+}
+
+if [[ -n "${SSL_RAY_FASHION_MNIST:-}" ]]; then
+  has_all "$SSL_RAY_FASHION_MNIST" && exit 0
+  echo "data: SSL_RAY_FASHION_MNIST=$SSL_RAY_FASHION_MNIST lacks some of: ${files[*]}" >&2
+  exit 1
+fi
+system_dir=/usr/share/datasets/fashion-mnist
+has_all "$system_dir" && exit 0
+
+sudo=""
+[[ $(id -u) -eq 0 ]] || { command -v sudo >/dev/null && sudo -n true 2>/dev/null && sudo="sudo -n"; }
+if command -v apt-get >/dev/null && { [[ $(id -u) -eq 0 ]] || [[ -n "$sudo" ]]; }; then
+  echo "data: installing Debian package dataset-fashion-mnist"
+  $sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 \
+    || { $sudo apt-get update -qq >/dev/null && $sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null; } || true
+  has_all "$system_dir" && exit 0
+fi
+
+cache="${HOME}/.cache/ssl-ray/fashion-mnist"
+mkdir -p "$cache"
+base="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com"
+echo "data: downloading Fashion-MNIST into $cache"
+for f in "${files[@]}"; do
+  if [[ ! -f "$cache/$f.gz" ]]; then
+    curl -fsSL --retry 3 -o "$cache/$f.gz.part" "$base/$f.gz"
+    mv "$cache/$f.gz.part" "$cache/$f.gz"
+  fi
+done
+echo "data: done; run with SSL_RAY_FASHION_MNIST=$cache"

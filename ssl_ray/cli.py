@@ -1,0 +1,74 @@
+"""``ssl-ray`` command line: ``ssl-ray pretrain CONFIG [section.field=value ...] [--resume]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ssl_ray.config import ConfigError, load_config
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    if args.tracking_uri:
+        overrides.append(f"tracking.tracking_uri={args.tracking_uri}")
+    config = load_config(args.config, overrides)  # validated before Ray starts
+
+    from ssl_ray.train.trainer import ResumeError, run_pretraining  # heavy imports after validation
+
+    try:
+        result = run_pretraining(config, resume=args.resume)
+    except ResumeError as error:
+        print(f"ssl-ray: {error}", file=sys.stderr)
+        return 2
+    from ssl_ray.tracking.mlflow_run import ui_command
+
+    def pct(value):
+        return "n/a" if value is None else f"{100 * value:.1f}%"
+
+    print()
+    print(f"kNN top-1 (k={config.eval.knn_k}, test set), random-init encoder: {pct(result.knn_top1_init)}")
+    print(f"kNN top-1 (k={config.eval.knn_k}, test set), trained encoder:     {pct(result.knn_top1)}")
+    print(f"Ray Train run:  {result.ray_run_name}  (checkpoint: {result.checkpoint_path})")
+    print(f"MLflow run id:  {result.mlflow_run_id}  (experiment '{config.tracking.experiment}')")
+    print(f"Open the MLflow UI:  {ui_command(result.tracking_uri)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ssl-ray", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    pretrain = commands.add_parser("pretrain", help="self-supervised pretraining on Ray Train, tracked in MLflow")
+    pretrain.add_argument("config", help="pipeline YAML, e.g. pipelines/simclr_fashion_mnist.yaml")
+    pretrain.add_argument("overrides", nargs="*", metavar="section.field=value", help="override any config field")
+    pretrain.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="RUN_NAME",
+        help="continue the newest run of this pipeline (or the named Ray run) from its last checkpoint",
+    )
+    pretrain.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    pretrain.set_defaults(handler=_pretrain)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    # Overrides may come after options too (``--resume train.epochs=4``).
+    args, rest = parser.parse_known_args(argv)
+    stray = [item for item in rest if "=" not in item or item.startswith("-")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if rest:
+        args.overrides = [*args.overrides, *rest]
+    try:
+        return args.handler(args)
+    except ConfigError as error:
+        print(f"ssl-ray: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

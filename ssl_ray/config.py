@@ -1,0 +1,247 @@
+"""Typed pipeline configuration.
+
+A pipeline is one YAML file under ``pipelines/`` plus ``key.path=value`` overrides from the
+command line. Everything is validated here, before Ray starts, and the parsed config is frozen:
+values derived from it (scaled learning rate, steps per epoch) live in their own objects.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+class ConfigError(ValueError):
+    """An invalid pipeline config; the message names the offending field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    source: Literal["fashion_mnist"] = "fashion_mnist"
+    # A directory or an http(s) URL prefix holding the four IDX files (plain or gzipped).
+    path: str = Field(
+        default_factory=lambda: os.environ.get("SSL_RAY_FASHION_MNIST", DEFAULT_FASHION_MNIST_DIR)
+    )
+    # Pretrain on the first N training images (None = all). The kNN bank stays the full set.
+    train_subset: int | None = Field(default=None, gt=0)
+    channels: Literal[1, 3] = 1
+
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, value: str) -> str:
+        if re.match(r"^https?://", value):
+            return value
+        if not value:
+            raise ValueError("data path is empty")
+        if not Path(value).expanduser().is_dir():
+            raise ValueError(f"data path does not exist or is not a directory: {value}")
+        return str(Path(value).expanduser().resolve())
+
+
+class AugmentConfig(_Section):
+    """The SimCLR view recipe; ``strength`` scales the colour jitter (SimCLR appendix A)."""
+
+    image_size: int = Field(default=28, ge=8)
+    strength: float = Field(default=0.5, ge=0.0, le=2.0)
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    flip_p: float = Field(default=0.5, ge=0.0, le=1.0)
+    jitter_p: float = Field(default=0.8, ge=0.0, le=1.0)
+    blur_p: float = Field(default=0.0, ge=0.0, le=1.0)
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _ordered_scale(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(f"need 0 < low <= high <= 1, got {list(value)}")
+        return value
+
+
+class ModelConfig(_Section):
+    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    # Channels of the first stage; torchvision's ResNets use 64. Narrower is for CPU demos.
+    width: int = Field(default=64, ge=4)
+    # Residual blocks per stage; None = the named ResNet's own (2,2,2,2 for ResNet-18).
+    blocks: tuple[int, int, int, int] | None = None
+
+
+class MethodConfig(_Section):
+    name: str = "simclr"
+    temperature: float = Field(default=0.2, gt=0.0)
+    projection_hidden_dim: int = Field(default=512, gt=0)
+    projection_dim: int = Field(default=128, gt=0)
+
+    @field_validator("name")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        from ssl_ray.methods import METHODS
+
+        if value not in METHODS:
+            raise ValueError(f"unknown method {value!r}; known: {', '.join(sorted(METHODS))}")
+        return value
+
+
+class OptimConfig(_Section):
+    name: Literal["sgd", "lars", "adamw"] = "sgd"
+    # Learning rate for a global batch of 256, scaled by ``lr_scaling`` to the real batch.
+    base_lr: float = Field(default=0.3, gt=0.0)
+    lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
+    weight_decay: float = Field(default=5e-4, ge=0.0)
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
+    warmup_epochs: float = Field(default=1.0, ge=0.0)
+    final_lr_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(default=10, gt=0)
+    # Global batch: split evenly over the workers.
+    batch_size: int = Field(default=256, gt=0)
+    num_workers: int = Field(default=1, gt=0)
+    use_gpu: bool | Literal["auto"] = "auto"
+    cpus_per_worker: float = Field(default=1.0, gt=0.0)
+    # torch intra-op threads in each worker; None = the worker's CPU share, at least 1.
+    threads_per_worker: int | None = Field(default=None, gt=0)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    seed: int = 0
+    # Where Ray Train writes checkpoints: a local folder or a URI (s3://...).
+    storage_path: str = "ray_results"
+    # Runs are named ``<run_name>-<timestamp>``; ``--resume`` picks the newest of that prefix.
+    run_name: str | None = None
+    checkpoint_every_epochs: int = Field(default=1, gt=0)
+    keep_checkpoints: int = Field(default=2, gt=0)
+    # Log the step loss to MLflow every N optimiser steps (per-epoch metrics are always logged).
+    log_every_steps: int = Field(default=10, gt=0)
+    # Stop after this many optimiser steps per epoch (None = the whole epoch); for smoke tests.
+    max_steps_per_epoch: int | None = Field(default=None, gt=0)
+
+    @field_validator("run_name")
+    @classmethod
+    def _safe_run_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
+            raise ValueError("use letters, digits, '-', '_' and '.' only")
+        return value
+
+
+class EvalConfig(_Section):
+    knn_k: int = Field(default=200, gt=0)
+    knn_temperature: float = Field(default=0.07, gt=0.0)
+    # Run the kNN monitor every N epochs (and always after the last one); 0 = only at the end.
+    knn_every_epochs: int = Field(default=1, ge=0)
+    # Memory bank: the first N labelled training images (None = all); queries: the test set.
+    knn_bank_size: int | None = Field(default=None, gt=0)
+    knn_query_size: int | None = Field(default=None, gt=0)
+    knn_at_init: bool = True
+
+
+class TrackingConfig(_Section):
+    # None: MLFLOW_TRACKING_URI if set, else a SQLite file in the working directory.
+    tracking_uri: str | None = None
+    experiment: str = "ssl-ray"
+
+
+class PipelineConfig(_Section):
+    method: MethodConfig = MethodConfig()
+    data: DataConfig = Field(default_factory=DataConfig)
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> PipelineConfig:
+        if self.train.batch_size % self.train.num_workers:
+            raise ValueError(
+                f"train.batch_size ({self.train.batch_size}) must be a multiple of "
+                f"train.num_workers ({self.train.num_workers})"
+            )
+        return self
+
+    @property
+    def run_prefix(self) -> str:
+        return self.train.run_name or f"{self.method.name}-{self.data.source.replace('_', '-')}"
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(keys[:-1])}: is not a section, cannot set {dotted}")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["train.epochs=3", "augment.crop_scale=[0.3,1]"]`` -> nested dict (values parsed as YAML)."""
+    tree: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", key):
+            raise ConfigError(f"override {pair!r}: expected section.field=value")
+        _set_dotted(tree, key, yaml.safe_load(raw) if raw else None)
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "(config)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field"
+        shown = item.get("input")
+        suffix = f" (got {shown!r})" if item["type"] != "extra_forbidden" and not isinstance(shown, dict) else ""
+        lines.append(f"{field}: {message}{suffix}")
+    return "; ".join(lines)
+
+
+def config_from_dict(raw: dict[str, Any]) -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(f"invalid config: {_describe(error)}") from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> PipelineConfig:
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text())
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+        raw = loaded or {}
+    return config_from_dict(_merge(raw, parse_overrides(overrides or [])))
+
+
+def flatten(config: PipelineConfig) -> dict[str, Any]:
+    """``{"train.epochs": 10, ...}``: the shape MLflow params and Tune spaces use."""
+    out: dict[str, Any] = {}
+    for section, values in config.model_dump(mode="json").items():
+        for key, value in values.items():
+            out[f"{section}.{key}"] = value
+    return out

@@ -1,0 +1,1 @@
+"""Evaluation of frozen encoders: the kNN monitor (more protocols come with the evaluation suite)."""

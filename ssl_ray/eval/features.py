@@ -1,0 +1,37 @@
+"""Feature extraction from a frozen encoder over a Ray Data iterator."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ssl_ray.train.precision import autocast
+
+
+@torch.no_grad()
+def extract_features(
+    encoder: nn.Module,
+    batches,
+    device: torch.device,
+    precision: str,
+    image_key: str = "image",
+    label_key: str = "label",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``encoder`` in eval mode over ``batches`` (dicts of tensors); returns features (N, D)
+    and labels (N,) on ``device``. The encoder's train/eval mode is restored afterwards."""
+    was_training = encoder.training
+    encoder.eval()
+    features, labels = [], []
+    try:
+        for batch in batches:
+            images = batch[image_key].to(device, non_blocking=True)
+            if images.ndim == 3:
+                images = images.unsqueeze(1)
+            with autocast(precision, device):
+                features.append(encoder(images).float())
+            labels.append(batch[label_key].to(device))
+    finally:
+        encoder.train(was_training)
+    if not features:
+        raise ValueError("no images to extract features from")
+    return torch.cat(features), torch.cat(labels)

@@ -1,0 +1,33 @@
+"""What every SSL method is: an encoder, its heads, and a loss over a batch of views."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ssl_ray.config import PipelineConfig
+from ssl_ray.nn.backbones import build_backbone
+
+
+class SSLMethod(nn.Module):
+    """Subclasses add their heads and implement ``forward(views) -> {"loss": ..., ...}``.
+
+    ``views`` is a list of image batches, one per view, each (N, C, H, W) float. The encoder
+    (``self.backbone``) is what is kept, evaluated and exported after pretraining.
+    """
+
+    name: str = ""
+
+    def __init__(self, config: PipelineConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone, self.feature_dim = build_backbone(
+            config.model.backbone, config.data.channels, config.model.width, config.model.blocks
+        )
+
+    def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def after_step(self, step: int, total_steps: int) -> None:
+        """Hook after each optimiser step (EMA targets, queues); nothing by default."""

@@ -1,0 +1,1 @@
+"""Shared network pieces: backbones, heads, losses, schedules. No Ray or MLflow in here."""

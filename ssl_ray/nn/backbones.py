@@ -1,0 +1,55 @@
+"""torchvision ResNets with a small-image stem and a width knob.
+
+For 28-32 px images the ImageNet stem (7x7 stride-2 conv + max-pool) throws away most of the
+image, so small-image SSL work (SimCLR appendix B.9, solo-learn, lightly) uses a 3x3 stride-1
+first conv and no max-pool. ``width`` scales every stage (torchvision: 64-128-256-512), which
+is what makes a CPU-sized encoder out of the same architecture.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+_ARCHS: dict[str, tuple[type[BasicBlock] | type[Bottleneck], tuple[int, int, int, int]]] = {
+    "resnet18": (BasicBlock, (2, 2, 2, 2)),
+    "resnet34": (BasicBlock, (3, 4, 6, 3)),
+    "resnet50": (Bottleneck, (3, 4, 6, 3)),
+}
+
+
+class _ScaledResNet(ResNet):
+    """torchvision's ResNet with every stage's width multiplied by ``width / 64``."""
+
+    def __init__(self, block, layers, width: int) -> None:
+        self._width = width
+        super().__init__(block, list(layers))
+
+    def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
+        if planes == 64:  # first stage: its input is the stem, which we make ``width`` wide
+            self.inplanes = self._width
+        return super()._make_layer(block, planes * self._width // 64, blocks, stride, dilate)
+
+
+class ImageInput(nn.Module):
+    """Maps uint8 images (0-255) or floats in [0, 1] to [-1, 1]; the data pipeline ships uint8,
+    which is 4x less to move, and the exported encoder takes raw images."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0)
+        return x.mul(2.0).sub_(1.0)
+
+
+def build_backbone(name: str, in_channels: int, width: int = 64, blocks=None) -> tuple[nn.Module, int]:
+    """Returns the encoder (images (N, C, H, W) -> pooled features (N, D)) and D."""
+    if name not in _ARCHS:
+        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(_ARCHS)}")
+    block, default_blocks = _ARCHS[name]
+    net = _ScaledResNet(block, blocks or default_blocks, width)
+    net.conv1 = nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=1, bias=False)
+    net.bn1 = nn.BatchNorm2d(width)
+    net.maxpool = nn.Identity()
+    net.fc = nn.Identity()
+    return nn.Sequential(ImageInput(), net), 8 * width * block.expansion

@@ -1,0 +1,15 @@
+"""Schedules as pure functions of the global step, so a resumed run lands on the same values."""
+
+from __future__ import annotations
+
+import math
+
+
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int, peak: float, final: float = 0.0) -> float:
+    """Linear warm-up from 0 to ``peak`` over ``warmup_steps``, then cosine decay to ``final``
+    at ``total_steps`` (SGDR without restarts, Loshchilov & Hutter 2017, Eq. 5)."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return final + 0.5 * (peak - final) * (1.0 + math.cos(math.pi * progress))

@@ -1,0 +1,89 @@
+"""MLflow runs for pretraining: creation, lookup on resume, params, metrics, artifacts.
+
+Everything goes through an explicit ``MlflowClient`` and run id (no global active run), so the
+same code works in the driver and in a Ray Train worker process.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.tracking import MlflowClient
+
+from ssl_ray.config import PipelineConfig, flatten
+
+RUN_NAME_TAG = "ssl_ray.run_name"
+DEFAULT_DB = "mlflow.db"
+
+
+def resolve_tracking_uri(configured: str | None) -> str:
+    """Config value, else ``MLFLOW_TRACKING_URI``, else a SQLite file in the working directory.
+    Local paths become absolute so Ray worker processes (other cwd) write to the same store."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_DB}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    elif "://" not in uri:
+        uri = Path(uri).resolve().as_uri()
+    return uri
+
+
+def ui_command(tracking_uri: str) -> str:
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {tracking_uri}"
+    return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
+
+
+class RunTracker:
+    """One MLflow run, addressed by id."""
+
+    def __init__(self, tracking_uri: str, run_id: str) -> None:
+        self.client = MlflowClient(tracking_uri)
+        self.run_id = run_id
+
+    @classmethod
+    def start(cls, tracking_uri: str, config: PipelineConfig, ray_run_name: str) -> RunTracker:
+        client = MlflowClient(tracking_uri)
+        experiment = client.get_experiment_by_name(config.tracking.experiment)
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(config.tracking.experiment)
+        run = client.create_run(
+            experiment_id,
+            run_name=ray_run_name,
+            tags={RUN_NAME_TAG: ray_run_name, "ssl_ray.method": config.method.name},
+        )
+        tracker = cls(tracking_uri, run.info.run_id)
+        params = [Param(key, str(value)) for key, value in flatten(config).items()]
+        for start in range(0, len(params), 100):
+            client.log_batch(tracker.run_id, params=params[start : start + 100])
+        return tracker
+
+    @classmethod
+    def find(cls, tracking_uri: str, experiment_name: str, ray_run_name: str) -> RunTracker | None:
+        client = MlflowClient(tracking_uri)
+        experiment = client.get_experiment_by_name(experiment_name)
+        if experiment is None:
+            return None
+        runs = client.search_runs(
+            [experiment.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{ray_run_name}'", max_results=1
+        )
+        return cls(tracking_uri, runs[0].info.run_id) if runs else None
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            self.run_id, metrics=[Metric(key, float(value), now, step) for key, value in metrics.items()]
+        )
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def metric_history(self, key: str) -> list[float]:
+        return [m.value for m in sorted(self.client.get_metric_history(self.run_id, key), key=lambda m: m.step)]
+
+    def set_running(self) -> None:
+        self.client.update_run(self.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)

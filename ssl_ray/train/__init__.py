@@ -1,0 +1,1 @@
+"""The Ray Train side: the per-worker loop and the driver that builds the TorchTrainer."""

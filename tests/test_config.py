@@ -1,0 +1,84 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ssl_ray.config import ConfigError, flatten, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "pipelines" / "simclr_fashion_mnist.yaml"
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSL_RAY_FASHION_MNIST", str(tmp_path))
+    return tmp_path
+
+
+def test_pipelines_load_and_overrides_apply(data_dir):
+    config = load_config(DEMO, ["train.epochs=3", "augment.crop_scale=[0.3, 1.0]", "method.temperature=0.5"])
+    assert config.train.epochs == 3
+    assert config.augment.crop_scale == (0.3, 1.0)
+    assert config.method.temperature == 0.5
+    assert flatten(config)["model.width"] == 16
+    full = load_config(ROOT / "pipelines" / "simclr_fashion_mnist_full.yaml")
+    assert full.model.width == 64 and full.train.epochs == 200 and full.optim.name == "lars"
+
+
+def test_config_is_frozen(data_dir):
+    config = load_config(DEMO)
+    with pytest.raises(Exception):
+        config.train.epochs = 5
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("method.temperature=-0.1", "method.temperature"),
+        ("method.name=simclrr", "method.name"),
+        ("train.batch_size=0", "train.batch_size"),
+        ("data.path=/no/such/dir", "data.path"),
+        ("augment.crop_scale=[0.9, 0.2]", "augment.crop_scale"),
+        ("train.epochs=many", "train.epochs"),
+        ("optim.lr=0.1", "optim.lr"),  # unknown field (it is optim.base_lr)
+        ("train.batch_size=255", "train.batch_size"),  # with 2 workers: not divisible
+    ],
+)
+def test_invalid_values_name_the_field(data_dir, override, field):
+    extra = ["train.num_workers=2"] if override == "train.batch_size=255" else []
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_config(DEMO, [override, *extra])
+
+
+def test_unknown_method_lists_known_ones(data_dir):
+    with pytest.raises(ConfigError, match="known: .*simclr"):
+        load_config(DEMO, ["method.name=nope"])
+
+
+def test_malformed_override_is_rejected(data_dir):
+    with pytest.raises(ConfigError, match="section.field=value"):
+        load_config(DEMO, ["epochs"])
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("method.temperature=-1", "method.temperature"),
+        ("method.name=unknown", "method.name"),
+        ("train.batch_size=0", "train.batch_size"),
+        ("data.path=/missing/fashion", "data.path"),
+    ],
+)
+def test_cli_exits_nonzero_naming_the_field_before_ray_starts(data_dir, override, field):
+    done = subprocess.run(
+        [sys.executable, "-m", "ssl_ray.cli", "pretrain", str(DEMO), override],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=data_dir,
+    )
+    assert done.returncode == 2
+    assert field in done.stderr
+    assert "Started a local Ray instance" not in done.stderr + done.stdout
+    assert not (data_dir / "mlflow.db").exists()
