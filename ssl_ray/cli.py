@@ -27,8 +27,10 @@ def _pretrain(args: argparse.Namespace) -> int:
         return "n/a" if value is None else f"{100 * value:.1f}%"
 
     print()
-    print(f"kNN top-1 (k={config.eval.knn_k}, test set), random-init encoder: {pct(result.knn_top1_init)}")
-    print(f"kNN top-1 (k={config.eval.knn_k}, test set), trained encoder:     {pct(result.knn_top1)}")
+    print(f"kNN top-1 on the {config.eval.knn_query_size or 'full'} test images (k={config.eval.knn_k}):")
+    print(f"  raw pixels            {pct(result.knn_top1_raw_pixels)}")
+    print(f"  random-init encoder   {pct(result.knn_top1_init)}")
+    print(f"  trained encoder       {pct(result.knn_top1)}   ({result.epochs_done} epochs)")
     print(f"Ray Train run:  {result.ray_run_name}  (checkpoint: {result.checkpoint_path})")
     print(f"MLflow run id:  {result.mlflow_run_id}  (experiment '{config.tracking.experiment}')")
     print(f"Open the MLflow UI:  {ui_command(result.tracking_uri)}")

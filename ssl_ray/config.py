@@ -73,6 +73,8 @@ class ModelConfig(_Section):
     width: int = Field(default=64, ge=4)
     # Residual blocks per stage; None = the named ResNet's own (2,2,2,2 for ResNet-18).
     blocks: tuple[int, int, int, int] | None = None
+    # 1: the small-image stem (full resolution in the first stage); 2: half resolution.
+    stem_stride: Literal[1, 2] = 1
 
 
 class MethodConfig(_Section):
@@ -140,7 +142,9 @@ class EvalConfig(_Section):
     # Memory bank: the first N labelled training images (None = all); queries: the test set.
     knn_bank_size: int | None = Field(default=None, gt=0)
     knn_query_size: int | None = Field(default=None, gt=0)
+    # Before training: the kNN of the random-init encoder, and of raw pixels as a baseline.
     knn_at_init: bool = True
+    knn_raw_pixels: bool = True
 
 
 class TrackingConfig(_Section):

@@ -21,7 +21,7 @@ def test_pipelines_load_and_overrides_apply(data_dir):
     assert config.train.epochs == 3
     assert config.augment.crop_scale == (0.3, 1.0)
     assert config.method.temperature == 0.5
-    assert flatten(config)["model.width"] == 16
+    assert flatten(config)["model.width"] == 32
     full = load_config(ROOT / "pipelines" / "simclr_fashion_mnist_full.yaml")
     assert full.model.width == 64 and full.train.epochs == 200 and full.optim.name == "lars"
 

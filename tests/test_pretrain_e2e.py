@@ -11,7 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from mlflow.tracking import MlflowClient
+
+from ssl_ray.nn.backbones import build_backbone
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_RUN = [
@@ -45,7 +48,8 @@ def pretrain(tmp_path: Path, tracking_uri: str, *extra: str) -> subprocess.Compl
 def test_pretrain_checkpoint_resume_and_mlflow(tmp_path, mlflow_server, fashion_mnist_dir):
     first = pretrain(tmp_path, mlflow_server, "train.epochs=1")
     run_id = re.search(r"MLflow run id:\s+(\w+)", first.stdout).group(1)
-    assert "random-init encoder:" in first.stdout and "trained encoder:" in first.stdout
+    for row in ("raw pixels", "random-init encoder", "trained encoder"):
+        assert re.search(rf"^  {row}\s+\d+\.\d%", first.stdout, re.M), first.stdout
     runs = [p for p in (tmp_path / "runs").iterdir() if p.name.startswith("e2e-")]
     assert len(runs) == 1
     checkpoints = sorted(p for p in runs[0].glob("checkpoint_*") if p.is_dir())
@@ -65,8 +69,15 @@ def test_pretrain_checkpoint_resume_and_mlflow(tmp_path, mlflow_server, fashion_
     for key in ("loss", "knn_top1", "lr", "images_per_s"):
         assert [m.step for m in client.get_metric_history(run_id, key) if m.step > 0] == [1], key
     assert 0.1 < run.data.metrics["knn_top1"] <= 1.0
-    artifacts = {a.path for a in client.list_artifacts(run_id, "encoder")}
-    assert "encoder/encoder.pt" in artifacts
+    assert 0.1 < run.data.metrics["knn_top1_raw_pixels"] <= 1.0
+    assert run.data.metrics["knn_top1_init"] == client.get_metric_history(run_id, "knn_top1")[0].value
+    assert "encoder/encoder.pt" in {a.path for a in client.list_artifacts(run_id, "encoder")}
+    assert "plots/curves.png" in {a.path for a in client.list_artifacts(run_id, "plots")}
+    assert "config.yaml" in {a.path for a in client.list_artifacts(run_id)}
+    encoder_file = client.download_artifacts(run_id, "encoder/encoder.pt", str(tmp_path))
+    weights = torch.load(encoder_file, weights_only=True)
+    encoder, _ = build_backbone("resnet18", 1, width=8, blocks=(1, 1, 1, 1))
+    encoder.load_state_dict(weights)  # the artifact is exactly the backbone, loadable as is
 
     second = pretrain(tmp_path, mlflow_server, "train.epochs=2", "--resume")
     assert re.search(r"MLflow run id:\s+(\w+)", second.stdout).group(1) == run_id

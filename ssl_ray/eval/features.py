@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ssl_ray.nn.backbones import ImageInput
 from ssl_ray.train.precision import autocast
+
+
+def pixels_as_features() -> nn.Module:
+    """The identity "encoder": flattened pixels, mapped to [-1, 1] as the encoders' input is
+    (centred pixels are the stronger kNN baseline: 81.5% vs 79.1% for [0, 1] on Fashion-MNIST)."""
+    return nn.Sequential(ImageInput(), nn.Flatten())
 
 
 @torch.no_grad()

@@ -3,7 +3,8 @@
 For 28-32 px images the ImageNet stem (7x7 stride-2 conv + max-pool) throws away most of the
 image, so small-image SSL work (SimCLR appendix B.9, solo-learn, lightly) uses a 3x3 stride-1
 first conv and no max-pool. ``width`` scales every stage (torchvision: 64-128-256-512), which
-is what makes a CPU-sized encoder out of the same architecture.
+is what makes a CPU-sized encoder out of the same architecture; ``stem_stride=2`` halves the
+resolution of every stage (a quarter of the compute) for encoders that trade detail for width.
 """
 
 from __future__ import annotations
@@ -42,13 +43,15 @@ class ImageInput(nn.Module):
         return x.mul(2.0).sub_(1.0)
 
 
-def build_backbone(name: str, in_channels: int, width: int = 64, blocks=None) -> tuple[nn.Module, int]:
+def build_backbone(
+    name: str, in_channels: int, width: int = 64, blocks=None, stem_stride: int = 1
+) -> tuple[nn.Module, int]:
     """Returns the encoder (images (N, C, H, W) -> pooled features (N, D)) and D."""
     if name not in _ARCHS:
         raise ValueError(f"unknown backbone {name!r}; known: {', '.join(_ARCHS)}")
     block, default_blocks = _ARCHS[name]
     net = _ScaledResNet(block, blocks or default_blocks, width)
-    net.conv1 = nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=1, bias=False)
+    net.conv1 = nn.Conv2d(in_channels, width, kernel_size=3, stride=stem_stride, padding=1, bias=False)
     net.bn1 = nn.BatchNorm2d(width)
     net.maxpool = nn.Identity()
     net.fc = nn.Identity()

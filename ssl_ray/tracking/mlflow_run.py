@@ -79,8 +79,12 @@ class RunTracker:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
-    def metric_history(self, key: str) -> list[float]:
-        return [m.value for m in sorted(self.client.get_metric_history(self.run_id, key), key=lambda m: m.step)]
+    def metric_history(self, key: str) -> list[tuple[int, float]]:
+        """``(step, value)`` pairs in step order."""
+        return sorted((m.step, m.value) for m in self.client.get_metric_history(self.run_id, key))
+
+    def set_tag(self, key: str, value: str) -> None:
+        self.client.set_tag(self.run_id, key, value)
 
     def set_running(self) -> None:
         self.client.update_run(self.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
