@@ -21,8 +21,8 @@ from ssl_ray.nn.losses import NTXentLoss
 from ssl_ray.train.precision import autocast, cpu_has_bf16
 
 ENCODERS = {
-    "resnet18 w16 b1111 s1 (demo)": dict(width=16, blocks=(1, 1, 1, 1), stem_stride=1),
-    "resnet18 w32 b1111 s2": dict(width=32, blocks=(1, 1, 1, 1), stem_stride=2),
+    "resnet18 w16 b1111 s1": dict(width=16, blocks=(1, 1, 1, 1), stem_stride=1),
+    "resnet18 w32 b1111 s2 (demo)": dict(width=32, blocks=(1, 1, 1, 1), stem_stride=2),
     "resnet18 w16 b2222 s1": dict(width=16, blocks=(2, 2, 2, 2), stem_stride=1),
     "resnet18 w64 (full)": dict(width=64, blocks=None, stem_stride=1),
 }

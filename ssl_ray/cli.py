@@ -33,7 +33,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     print(f"  trained encoder       {pct(result.knn_top1)}   ({result.epochs_done} epochs)")
     print(f"Ray Train run:  {result.ray_run_name}  (checkpoint: {result.checkpoint_path})")
     print(f"MLflow run id:  {result.mlflow_run_id}  (experiment '{config.tracking.experiment}')")
-    print(f"Open the MLflow UI:  {ui_command(result.tracking_uri)}")
+    print(f"Open the MLflow UI:  {ui_command(result.tracking_uri, result.mlflow_experiment_id, result.mlflow_run_id)}")
     return 0
 
 

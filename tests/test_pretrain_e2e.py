@@ -48,6 +48,7 @@ def pretrain(tmp_path: Path, tracking_uri: str, *extra: str) -> subprocess.Compl
 def test_pretrain_checkpoint_resume_and_mlflow(tmp_path, mlflow_server, fashion_mnist_dir):
     first = pretrain(tmp_path, mlflow_server, "train.epochs=1")
     run_id = re.search(r"MLflow run id:\s+(\w+)", first.stdout).group(1)
+    assert f"open {mlflow_server}/#/experiments/" in first.stdout and f"/runs/{run_id}" in first.stdout
     for row in ("raw pixels", "random-init encoder", "trained encoder"):
         assert re.search(rf"^  {row}\s+\d+\.\d%", first.stdout, re.M), first.stdout
     runs = [p for p in (tmp_path / "runs").iterdir() if p.name.startswith("e2e-")]

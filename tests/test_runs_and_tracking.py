@@ -32,3 +32,5 @@ def test_tracking_uri_resolution(tmp_path, monkeypatch):
     assert resolve_tracking_uri("mlruns") == Path(tmp_path / "mlruns").as_uri()
     assert "--backend-store-uri sqlite:///" in ui_command(f"sqlite:///{tmp_path}/mlflow.db")
     assert "127.0.0.1" in ui_command(f"sqlite:///{tmp_path}/mlflow.db")
+    assert ui_command("http://127.0.0.1:5000/", "3", "abc") == "open http://127.0.0.1:5000/#/experiments/3/runs/abc"
+    assert ui_command(f"sqlite:///{tmp_path}/m.db", "1", "r").endswith("open http://127.0.0.1:5000/#/experiments/1/runs/r")

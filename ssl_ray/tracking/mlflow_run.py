@@ -30,10 +30,15 @@ def resolve_tracking_uri(configured: str | None) -> str:
     return uri
 
 
-def ui_command(tracking_uri: str) -> str:
+def ui_command(tracking_uri: str, experiment_id: str | None = None, run_id: str | None = None) -> str:
+    """How to see a run: the UI server to start (for a local store) and the run's page."""
+    page = f"/#/experiments/{experiment_id}/runs/{run_id}" if experiment_id and run_id else ""
     if tracking_uri.startswith(("http://", "https://")):
-        return f"open {tracking_uri}"
-    return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
+        return f"open {tracking_uri.rstrip('/')}{page}"
+    return (
+        f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
+        f"  then open http://127.0.0.1:5000{page}"
+    )
 
 
 class RunTracker:
@@ -82,6 +87,10 @@ class RunTracker:
     def metric_history(self, key: str) -> list[tuple[int, float]]:
         """``(step, value)`` pairs in step order."""
         return sorted((m.step, m.value) for m in self.client.get_metric_history(self.run_id, key))
+
+    @property
+    def experiment_id(self) -> str:
+        return self.client.get_run(self.run_id).info.experiment_id
 
     def set_tag(self, key: str, value: str) -> None:
         self.client.set_tag(self.run_id, key, value)

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 class PretrainResult:
     ray_run_name: str
     mlflow_run_id: str
+    mlflow_experiment_id: str
     tracking_uri: str
     knn_top1_init: float | None
     knn_top1_raw_pixels: float | None
@@ -68,9 +69,9 @@ def run_pretraining(config: PipelineConfig, resume: bool | str = False) -> Pretr
     if not ray.is_initialized():
         env = {}
         if config.train.threads_per_worker:
-            # Ray sets OMP_NUM_THREADS to a task's CPU count (1 here); torch.set_num_threads
-            # alone then runs about 40% slower than an OpenMP runtime started with the right
-            # count (measured: benchmarks/README.md), so workers start with it.
+            # Ray sets OMP_NUM_THREADS to a task's CPU count, which would contradict the
+            # thread count asked for; start workers with the count they will use (a 1.05x
+            # median gain here, benchmarks/README.md; mostly it keeps the settings honest).
             env["OMP_NUM_THREADS"] = str(config.train.threads_per_worker)
         ray.init(logging_level=logging.WARNING, runtime_env={"env_vars": env} if env else None)
     data_context = ray.data.DataContext.get_current()
@@ -135,6 +136,7 @@ def run_pretraining(config: PipelineConfig, resume: bool | str = False) -> Pretr
     return PretrainResult(
         ray_run_name=run_name,
         mlflow_run_id=tracker.run_id,
+        mlflow_experiment_id=tracker.experiment_id,
         tracking_uri=tracking_uri,
         knn_top1_init=init,
         knn_top1_raw_pixels=raw,
