@@ -18,7 +18,7 @@ import torch
 from ssl_ray.nn.backbones import build_backbone
 from ssl_ray.nn.heads import projection_head
 from ssl_ray.nn.losses import NTXentLoss
-from ssl_ray.train.precision import autocast, cpu_has_bf16
+from ssl_ray.nn.precision import autocast, cpu_has_bf16
 
 ENCODERS = {
     "resnet18 w16 b1111 s1": dict(width=16, blocks=(1, 1, 1, 1), stem_stride=1),

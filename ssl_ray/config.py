@@ -29,9 +29,7 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     source: Literal["fashion_mnist"] = "fashion_mnist"
     # A directory or an http(s) URL prefix holding the four IDX files (plain or gzipped).
-    path: str = Field(
-        default_factory=lambda: os.environ.get("SSL_RAY_FASHION_MNIST", DEFAULT_FASHION_MNIST_DIR)
-    )
+    path: str = Field(default_factory=lambda: os.environ.get("SSL_RAY_FASHION_MNIST", DEFAULT_FASHION_MNIST_DIR))
     # Pretrain on the first N training images (None = all). The kNN bank stays the full set.
     train_subset: int | None = Field(default=None, gt=0)
     channels: Literal[1, 3] = 1

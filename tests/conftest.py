@@ -29,11 +29,18 @@ def mlflow_server(tmp_path_factory):
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     process = subprocess.Popen(
         [
-            str(mlflow_bin), "server",
-            "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-            "--artifacts-destination", str(root / "artifacts"),
-            "--host", "127.0.0.1", "--port", str(port),
-            "--workers", "1",
+            str(mlflow_bin),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root}/mlflow.db",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
         ],
         stdout=open(root / "server.log", "w"),
         stderr=subprocess.STDOUT,
@@ -58,6 +65,11 @@ def mlflow_server(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def fashion_mnist_dir():
-    if not (FASHION_MNIST / "train-images-idx3-ubyte.gz").exists() and not (FASHION_MNIST / "train-images-idx3-ubyte").exists():
-        pytest.skip(f"Fashion-MNIST not found at {FASHION_MNIST}; install dataset-fashion-mnist or set SSL_RAY_FASHION_MNIST")
+    if (
+        not (FASHION_MNIST / "train-images-idx3-ubyte.gz").exists()
+        and not (FASHION_MNIST / "train-images-idx3-ubyte").exists()
+    ):
+        pytest.skip(
+            f"Fashion-MNIST not found at {FASHION_MNIST}; install dataset-fashion-mnist or set SSL_RAY_FASHION_MNIST"
+        )
     return FASHION_MNIST

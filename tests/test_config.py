@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from ssl_ray.config import ConfigError, flatten, load_config
 
@@ -28,7 +29,7 @@ def test_pipelines_load_and_overrides_apply(data_dir):
 
 def test_config_is_frozen(data_dir):
     config = load_config(DEMO)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         config.train.epochs = 5
 
 

@@ -37,9 +37,23 @@ SMALL_RUN = [
 def pretrain(tmp_path: Path, tracking_uri: str, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "RAY_DISABLE_USAGE_STATS": "1"}
     done = subprocess.run(
-        [sys.executable, "-m", "ssl_ray.cli", "pretrain", str(ROOT / "pipelines" / "simclr_fashion_mnist.yaml"),
-         *SMALL_RUN, f"train.storage_path={tmp_path / 'runs'}", "--tracking-uri", tracking_uri, *extra],
-        capture_output=True, text=True, timeout=540, cwd=tmp_path, env=env,
+        [
+            sys.executable,
+            "-m",
+            "ssl_ray.cli",
+            "pretrain",
+            str(ROOT / "pipelines" / "simclr_fashion_mnist.yaml"),
+            *SMALL_RUN,
+            f"train.storage_path={tmp_path / 'runs'}",
+            "--tracking-uri",
+            tracking_uri,
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=540,
+        cwd=tmp_path,
+        env=env,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return done

@@ -1,14 +1,16 @@
 from pathlib import Path
 
-import pytest
-
 from ssl_ray.tracking.mlflow_run import resolve_tracking_uri, ui_command
 from ssl_ray.train.storage import latest_run_name, normalise_storage_path
 
 
 def test_latest_run_name_picks_newest_of_the_prefix(tmp_path):
-    for name in ["simclr-fm-20261101-101010", "simclr-fm-20261125-090000", "simclr-fm-x-20261130-000000",
-                 "other-20261231-000000"]:
+    for name in [
+        "simclr-fm-20261101-101010",
+        "simclr-fm-20261125-090000",
+        "simclr-fm-x-20261130-000000",
+        "other-20261231-000000",
+    ]:
         (tmp_path / name).mkdir()
     (tmp_path / "simclr-fm-20261201-000000").write_text("a file, not a run")
     assert latest_run_name(str(tmp_path), "simclr-fm") == "simclr-fm-20261125-090000"
@@ -33,4 +35,6 @@ def test_tracking_uri_resolution(tmp_path, monkeypatch):
     assert "--backend-store-uri sqlite:///" in ui_command(f"sqlite:///{tmp_path}/mlflow.db")
     assert "127.0.0.1" in ui_command(f"sqlite:///{tmp_path}/mlflow.db")
     assert ui_command("http://127.0.0.1:5000/", "3", "abc") == "open http://127.0.0.1:5000/#/experiments/3/runs/abc"
-    assert ui_command(f"sqlite:///{tmp_path}/m.db", "1", "r").endswith("open http://127.0.0.1:5000/#/experiments/1/runs/r")
+    assert ui_command(f"sqlite:///{tmp_path}/m.db", "1", "r").endswith(
+        "open http://127.0.0.1:5000/#/experiments/1/runs/r"
+    )

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ssl_ray.nn.backbones import ImageInput
-from ssl_ray.train.precision import autocast
+from ssl_ray.nn.precision import autocast
 
 
 def pixels_as_features() -> nn.Module:

@@ -37,6 +37,8 @@ def knn_predict(
     return torch.cat(predictions)
 
 
-def knn_top1(query, query_labels, bank, bank_labels, num_classes: int, k: int = 200, temperature: float = 0.07) -> float:
+def knn_top1(
+    query, query_labels, bank, bank_labels, num_classes: int, k: int = 200, temperature: float = 0.07
+) -> float:
     predicted = knn_predict(query, bank, bank_labels, num_classes, k, temperature)
     return (predicted == query_labels).float().mean().item()

@@ -22,7 +22,11 @@ class SSLMethod(nn.Module):
         super().__init__()
         self.config = config
         self.backbone, self.feature_dim = build_backbone(
-            config.model.backbone, config.data.channels, config.model.width, config.model.blocks, config.model.stem_stride
+            config.model.backbone,
+            config.data.channels,
+            config.model.width,
+            config.model.blocks,
+            config.model.stem_stride,
         )
 
     def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -21,12 +21,12 @@ from ssl_ray.eval.knn import knn_top1
 from ssl_ray.methods import build_method
 from ssl_ray.methods.base import SSLMethod
 from ssl_ray.nn.distributed import all_reduce_mean
+from ssl_ray.nn.precision import autocast, resolve_precision
 from ssl_ray.nn.schedules import warmup_cosine
 from ssl_ray.tracking.mlflow_run import RunTracker
 from ssl_ray.train.checkpoint import load_state, save_state
 from ssl_ray.train.optim import build_optimizer
 from ssl_ray.train.plan import TrainingPlan
-from ssl_ray.train.precision import autocast, resolve_precision
 
 
 @dataclass
@@ -54,7 +54,9 @@ class Worker:
         bank, bank_labels = features("knn_bank")
         query, query_labels = features("knn_query")
         e = self.config.eval
-        return knn_top1(query, query_labels, bank, bank_labels, self.loop_config["num_classes"], e.knn_k, e.knn_temperature)
+        return knn_top1(
+            query, query_labels, bank, bank_labels, self.loop_config["num_classes"], e.knn_k, e.knn_temperature
+        )
 
 
 def _start(loop_config: dict[str, Any]) -> Worker:
@@ -158,8 +160,11 @@ def _report(w: Worker, metrics: dict[str, float]) -> None:
         if w.tracker is not None:
             w.tracker.log_metrics(metrics, step=w.epoch)
             knn = f", kNN top-1 {100 * metrics['knn_top1']:.1f}%" if "knn_top1" in metrics else ""
-            _say(w, f"epoch {w.epoch}/{config.train.epochs}: loss {metrics['loss']:.3f}{knn}, "
-                    f"{metrics['images_per_s']:.0f} img/s, {metrics['epoch_time_s']:.0f} s")
+            _say(
+                w,
+                f"epoch {w.epoch}/{config.train.epochs}: loss {metrics['loss']:.3f}{knn}, "
+                f"{metrics['images_per_s']:.0f} img/s, {metrics['epoch_time_s']:.0f} s",
+            )
             if last or w.epoch % config.train.checkpoint_every_epochs == 0:
                 state = {
                     "model": w.method.state_dict(),

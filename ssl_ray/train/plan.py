@@ -22,9 +22,7 @@ class TrainingPlan:
         t, o = config.train, config.optim
         steps = train_size // t.batch_size
         if steps == 0:
-            raise ValueError(
-                f"train.batch_size ({t.batch_size}) is larger than the training set ({train_size} images)"
-            )
+            raise ValueError(f"train.batch_size ({t.batch_size}) is larger than the training set ({train_size} images)")
         if t.max_steps_per_epoch:
             steps = min(steps, t.max_steps_per_epoch)
         scale = {"linear": t.batch_size / 256, "sqrt": math.sqrt(t.batch_size / 256), "none": 1.0}[o.lr_scaling]

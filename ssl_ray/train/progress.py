@@ -69,7 +69,9 @@ class ProgressPrinter:
             if position["epoch"] != self._bar_epoch:
                 if self._bar is not None:
                     self._bar.close()
-                self._bar = tqdm(total=position["steps"], desc=f"epoch {position['epoch']}/{position['epochs']}", unit="step")
+                self._bar = tqdm(
+                    total=position["steps"], desc=f"epoch {position['epoch']}/{position['epochs']}", unit="step"
+                )
                 self._bar_epoch = position["epoch"]
             self._bar.n = position["step"]
             self._bar.set_postfix(loss=f"{position['loss']:.3f}", refresh=False)

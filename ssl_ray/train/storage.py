@@ -27,7 +27,8 @@ def latest_run_name(storage_path: str, prefix: str) -> str | None:
     names = sorted(
         info.base_name
         for info in infos
-        if info.type == pafs.FileType.Directory and info.base_name.startswith(prefix + "-")
+        if info.type == pafs.FileType.Directory
+        and info.base_name.startswith(prefix + "-")
         and info.base_name[len(prefix) + 1 :].replace("-", "").isdigit()
     )
     return names[-1] if names else None

@@ -17,14 +17,12 @@ from ray.train.torch import TorchTrainer
 
 from ssl_ray.config import PipelineConfig
 from ssl_ray.data.sources import build_pretrain_data
-from ssl_ray.tracking.plots import plot_curves
 from ssl_ray.tracking.mlflow_run import RunTracker, resolve_tracking_uri
+from ssl_ray.tracking.plots import plot_curves
 from ssl_ray.train.checkpoint import encoder_state, load_state
 from ssl_ray.train.loop import train_loop_per_worker
 from ssl_ray.train.progress import ProgressBoard, ProgressPrinter
 from ssl_ray.train.storage import fresh_run_name, latest_run_name, normalise_storage_path
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
