@@ -1,0 +1,78 @@
+"""Sources -> ``ray.data.Dataset``s of uint8 images and labels, and the pretraining datasets.
+
+Every source produces blocks with an ``image`` column (uint8, (H, W) or (H, W, C)) and a
+``label`` column (int64, -1 when unknown). Views are made from them inside Ray Data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import ray.data
+from ray.data.extensions import ArrowTensorArray
+
+from ssl_ray.config import PipelineConfig
+from ssl_ray.data import fashion_mnist
+from ssl_ray.data.views import ViewMaker
+
+ROWS_PER_BLOCK = 2048
+
+
+def from_arrays(images: np.ndarray, labels: np.ndarray) -> ray.data.Dataset:
+    """In-memory images and labels as a dataset of several blocks (so shuffles and the
+    worker split have something to work with)."""
+    tables = [
+        pa.table(
+            {
+                "image": ArrowTensorArray.from_numpy(np.ascontiguousarray(images[i : i + ROWS_PER_BLOCK])),
+                "label": pa.array(labels[i : i + ROWS_PER_BLOCK]),
+            }
+        )
+        for i in range(0, len(images), ROWS_PER_BLOCK)
+    ]
+    return ray.data.from_arrow(tables)
+
+
+def make_views(batch: dict[str, np.ndarray], augment, channels: int, num_views: int) -> dict[str, np.ndarray]:
+    """Views of a whole block, rows in a fresh random order. With the block order also
+    randomised each epoch, every training batch is a new random draw of images (not the same
+    256 neighbours in a new order) at no extra cost; a global shuffle would move all the data.
+    A fresh ViewMaker per block costs about a millisecond and keeps this a plain task, which
+    Ray Data can schedule on whatever CPU is free."""
+    order = np.random.permutation(len(batch["image"]))
+    return ViewMaker(augment, channels, num_views)({key: value[order] for key, value in batch.items()})
+
+
+@dataclass
+class PretrainData:
+    train: ray.data.Dataset  # view0, view1, ... (uint8 (C, S, S)), label
+    knn_bank: ray.data.Dataset  # image, label: labelled training images
+    knn_query: ray.data.Dataset  # image, label: the held-out test images
+    train_size: int
+    num_classes: int
+
+
+def build_pretrain_data(config: PipelineConfig, num_views: int = 2) -> PretrainData:
+    data = config.data
+    train = fashion_mnist.load_split(data.path, "train")
+    test = fashion_mnist.load_split(data.path, "test")
+    train_size = min(len(train.images), data.train_subset or len(train.images))
+    bank_size = min(len(train.images), config.eval.knn_bank_size or len(train.images))
+    query_size = min(len(test.images), config.eval.knn_query_size or len(test.images))
+
+    pretrain = from_arrays(train.images[:train_size], train.labels[:train_size])
+    views = pretrain.randomize_block_order().map_batches(
+        make_views,
+        fn_kwargs={"augment": config.augment, "channels": data.channels, "num_views": num_views},
+        batch_size=ROWS_PER_BLOCK,
+        batch_format="numpy",
+    )
+    return PretrainData(
+        train=views,
+        knn_bank=from_arrays(train.images[:bank_size], train.labels[:bank_size]),
+        knn_query=from_arrays(test.images[:query_size], test.labels[:query_size]),
+        train_size=train_size,
+        num_classes=len(fashion_mnist.CLASSES),
+    )

@@ -1,0 +1,75 @@
+"""View recipes: per-sample random augmentations applied to whole batches (kornia).
+
+A recipe is a list of per-view transforms; SimCLR uses the same transform twice. Every sample
+gets its own random crop, flip, jitter and blur parameters, drawn in one batched call rather
+than image by image, so augmentation does not eat the cores that training needs.
+"""
+
+from __future__ import annotations
+
+import kornia.augmentation as K
+import numpy as np
+import torch
+from torch import nn
+
+from ssl_ray.config import AugmentConfig
+
+
+def view_transform(config: AugmentConfig, channels: int) -> nn.Module:
+    """SimCLR's augmentation (Chen et al. 2020, appendix A) for float images in [0, 1].
+
+    Random resized crop, horizontal flip, colour jitter scaled by ``strength`` s
+    (brightness/contrast/saturation 0.8s, hue 0.2s; brightness/contrast only for grayscale),
+    optional Gaussian blur.
+    """
+    s = config.strength
+    size = (config.image_size, config.image_size)
+    steps: list[nn.Module] = [
+        K.RandomResizedCrop(size, scale=config.crop_scale),
+        K.RandomHorizontalFlip(p=config.flip_p),
+    ]
+    if s > 0 and config.jitter_p > 0:
+        colour = (0.8 * s, 0.2 * s) if channels == 3 else (0.0, 0.0)
+        steps.append(K.ColorJitter(0.8 * s, 0.8 * s, colour[0], colour[1], p=config.jitter_p))
+    if channels == 3:
+        steps.append(K.RandomGrayscale(p=0.2))
+    if config.blur_p > 0:
+        # Kernel about 10% of the image side, odd (SimCLR appendix A).
+        kernel = max(3, (config.image_size // 10) | 1)
+        steps.append(K.RandomGaussianBlur((kernel, kernel), (0.1, 2.0), p=config.blur_p))
+    return nn.Sequential(*steps)
+
+
+class ViewMaker:
+    """Turns a batch of uint8 images (N, H, W) or (N, H, W, C) into ``num_views`` augmented
+    uint8 batches (N, C, S, S). Used as a Ray Data ``map_batches`` callable.
+
+    ``seed`` makes the views reproducible (same seed, same input -> same views); ``None`` draws
+    fresh randomness each call, which is what training wants: new views every epoch.
+    """
+
+    def __init__(self, config: AugmentConfig, channels: int, num_views: int = 2, seed: int | None = None):
+        self.channels = channels
+        self.num_views = num_views
+        self.seed = seed
+        self.transforms = [view_transform(config, channels) for _ in range(num_views)]
+        torch.set_num_threads(1)  # Ray Data runs one of these per CPU; don't oversubscribe.
+
+    def views(self, images: np.ndarray) -> list[torch.Tensor]:
+        # Arrow-backed batches are read-only; torch wants a writable buffer.
+        x = torch.from_numpy(images if images.flags.writeable else images.copy())
+        x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+        if x.shape[1] != self.channels:
+            x = x.expand(-1, self.channels, -1, -1) if x.shape[1] == 1 else x[:, : self.channels]
+        x = x.float().div_(255.0)
+        with torch.random.fork_rng(enabled=self.seed is not None):
+            if self.seed is not None:
+                torch.manual_seed(self.seed)
+            outs = [t(x) for t in self.transforms]
+        return [o.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8) for o in outs]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {f"view{i}": v.numpy() for i, v in enumerate(self.views(batch["image"]))}
+        if "label" in batch:
+            out["label"] = batch["label"]
+        return out
