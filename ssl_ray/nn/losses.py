@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_ray.nn.distributed import gather_with_grad, rank
+from ssl_ray.nn.distributed import gather_no_grad, gather_with_grad, rank
 
 
 class NTXentLoss(nn.Module):
@@ -44,3 +44,50 @@ class NTXentLoss(nn.Module):
         logits = local @ candidates.T / self.temperature
         logits[torch.arange(2 * n, device=local.device), own] = float("-inf")
         return F.cross_entropy(logits, positive)
+
+
+class InfoNCELoss(nn.Module):
+    """InfoNCE of queries against keys (MoCo, He et al. 2020, Eq. 1):
+    ``L_q = -log( exp(q.k+ / tau) / sum_{i=0}^{K} exp(q.k_i / tau) )`` over l2-normalised vectors.
+
+    - With ``negatives`` (K, D) (MoCo v1/v2's queue): logits are ``[q.k+, q.negatives]`` and the
+      positive is column 0.
+    - Without (MoCo v3, Chen et al. 2021, Algorithm 1): the keys of every worker's batch are the
+      candidates and the positive is the query's own key. MoCo v3 also scales the loss by
+      ``2 * tau``; that belongs to the method, not here.
+
+    Keys get no gradient (they come from the target network). Shapes: ``q, k`` (N, D). Scalar.
+    """
+
+    def __init__(self, temperature: float = 0.2) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, negatives: torch.Tensor | None = None) -> torch.Tensor:
+        if q.shape != k.shape or q.ndim != 2:
+            raise ValueError(f"expected two (N, D) tensors of one shape, got {tuple(q.shape)}, {tuple(k.shape)}")
+        q = F.normalize(q.float(), dim=1)
+        k = F.normalize(k.detach().float(), dim=1)
+        if negatives is not None:
+            negatives = F.normalize(negatives.detach().float(), dim=1)
+            logits = torch.cat([(q * k).sum(dim=1, keepdim=True), q @ negatives.T], dim=1)
+            labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+        else:
+            logits = q @ gather_no_grad(k).T
+            labels = torch.arange(q.shape[0], device=q.device) + rank() * q.shape[0]
+        return F.cross_entropy(logits / self.temperature, labels)
+
+
+class NegativeCosineLoss(nn.Module):
+    """``D(p, z) = -cos(p, stopgrad(z))`` averaged over the batch (SimSiam, Chen & He 2021,
+    Eq. 1 and 3). BYOL's ``2 - 2 cos(p, sg(z'))`` (Grill et al. 2020, Eq. 2) is ``2 + 2 D``.
+
+    Shapes: ``p, z`` (N, D). Returns a scalar in [-1, 1]; no gradient reaches ``z``.
+    """
+
+    def forward(self, p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        if p.shape != z.shape or p.ndim != 2:
+            raise ValueError(f"expected two (N, D) tensors of one shape, got {tuple(p.shape)}, {tuple(z.shape)}")
+        return -F.cosine_similarity(p.float(), z.detach().float(), dim=1).mean()

@@ -13,3 +13,10 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, peak: float, f
     span = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / span)
     return final + 0.5 * (peak - final) * (1.0 + math.cos(math.pi * progress))
+
+
+def cosine_momentum(step: int, total_steps: int, base: float, final: float = 1.0) -> float:
+    """EMA momentum rising from ``base`` to ``final`` along a half cosine (BYOL, Grill et al.
+    2020, Sec. 3.2: ``tau = 1 - (1 - tau_base) * (cos(pi k / K) + 1) / 2``)."""
+    progress = min(1.0, step / max(1, total_steps))
+    return final - (final - base) * (math.cos(math.pi * progress) + 1.0) / 2.0

@@ -1,0 +1,34 @@
+"""Target networks: an exponential moving average of the online network (MoCo, BYOL, DINO).
+
+Targets are declared by a method and updated by this one rule after each optimiser step,
+never by hand inside ``forward``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def deactivate_requires_grad(module: nn.Module) -> nn.Module:
+    """Targets receive no gradient: they change only through ``update_momentum``."""
+    for param in module.parameters():
+        param.requires_grad = False
+    return module
+
+
+@torch.no_grad()
+def update_momentum(online: nn.Module, target: nn.Module, momentum: float) -> None:
+    """``target <- m * target + (1 - m) * online`` for every parameter (MoCo, He et al. 2020,
+    Eq. 2; BYOL, Grill et al. 2020, Sec. 3.1). Buffers (BatchNorm statistics) are copied, as in
+    the reference implementations' target networks, which run BN in training mode."""
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+    online_params = list(online.parameters())
+    target_params = list(target.parameters())
+    if len(online_params) != len(target_params):
+        raise ValueError("online and target networks have different parameter lists")
+    torch._foreach_mul_(target_params, momentum)
+    torch._foreach_add_(target_params, online_params, alpha=1.0 - momentum)
+    for online_buffer, target_buffer in zip(online.buffers(), target.buffers()):
+        target_buffer.copy_(online_buffer)
