@@ -81,9 +81,12 @@ def test_pretrain_checkpoint_resume_and_mlflow(tmp_path, mlflow_server, fashion_
     losses = [m.value for m in steps]
     assert all(math.isfinite(v) for v in losses)
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4, losses
-    for key in ("loss", "knn_top1", "lr", "images_per_s"):
+    for key in ("loss", "knn_top1", "lr", "images_per_s", "collapse_std", "collapse_rank"):
         assert [m.step for m in client.get_metric_history(run_id, key) if m.step > 0] == [1], key
     assert 0.1 < run.data.metrics["knn_top1"] <= 1.0
+    # A healthy SimCLR embedding (D = 128): per-channel std of unit vectors near 1/sqrt(128).
+    assert 0.3 / math.sqrt(128) < run.data.metrics["collapse_std"] <= 1.0
+    assert run.data.metrics["collapse_rank"] > 2.0
     assert 0.1 < run.data.metrics["knn_top1_raw_pixels"] <= 1.0
     assert run.data.metrics["knn_top1_init"] == client.get_metric_history(run_id, "knn_top1")[0].value
     assert "encoder/encoder.pt" in {a.path for a in client.list_artifacts(run_id, "encoder")}

@@ -71,7 +71,5 @@ def load_split(location: str, split: str) -> Split:
     images = parse_idx(_read(location, images_stem), images_stem)
     labels = parse_idx(_read(location, labels_stem), labels_stem).astype(np.int64)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise DataSourceError(
-            f"{location}: {split} images {images.shape} and labels {labels.shape} do not match"
-        )
+        raise DataSourceError(f"{location}: {split} images {images.shape} and labels {labels.shape} do not match")
     return Split(images=images, labels=labels)

@@ -10,7 +10,8 @@ from ssl_ray.nn.backbones import build_backbone
 
 
 class SSLMethod(nn.Module):
-    """Subclasses add their heads and implement ``forward(views) -> {"loss": ..., ...}``.
+    """Subclasses add their heads and implement ``forward(views) -> {"loss": ..., "embedding": ...}``:
+    the loss to minimise and one view's embeddings (N, D) for the collapse monitors.
 
     ``views`` is a list of image batches, one per view, each (N, C, H, W) float. The encoder
     (``self.backbone``) is what is kept, evaluated and exported after pretraining.

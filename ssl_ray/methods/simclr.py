@@ -24,4 +24,4 @@ class SimCLR(SSLMethod):
         n = views[0].shape[0]
         # One pass over both views: BN statistics over 2N images, as in the reference code.
         z = self.projector(self.backbone(torch.cat(views)))
-        return {"loss": self.criterion(z[:n], z[n:])}
+        return {"loss": self.criterion(z[:n], z[n:]), "embedding": z[:n].detach()}

@@ -16,6 +16,7 @@ import ray.train.torch
 import torch
 
 from ssl_ray.config import PipelineConfig, config_from_dict
+from ssl_ray.eval.collapse import effective_rank, normalized_std
 from ssl_ray.eval.features import extract_features, pixels_as_features
 from ssl_ray.eval.knn import knn_top1
 from ssl_ray.methods import build_method
@@ -27,6 +28,9 @@ from ssl_ray.tracking.mlflow_run import RunTracker
 from ssl_ray.train.checkpoint import load_state, save_state
 from ssl_ray.train.optim import build_optimizer
 from ssl_ray.train.plan import TrainingPlan
+
+# Collapse monitors use the embeddings of the epoch's last few batches (about 1k rows).
+MONITOR_BATCHES = 8
 
 
 @dataclass
@@ -119,6 +123,7 @@ def _train_epoch(w: Worker, shard, view_keys: list[str]) -> dict[str, float]:
     final_lr = plan.peak_lr * config.optim.final_lr_fraction
     board = w.loop_config.get("progress_board") if w.rank == 0 else None
     started, losses, lr = time.perf_counter(), [], 0.0
+    recent: list[torch.Tensor] = []  # the epoch's last embeddings, for the collapse monitors
     batches = shard.iter_torch_batches(batch_size=plan.batch_per_worker, drop_last=True, prefetch_batches=2)
     for batch_index, batch in enumerate(batches):
         if batch_index >= plan.steps_per_epoch:
@@ -135,6 +140,8 @@ def _train_epoch(w: Worker, shard, view_keys: list[str]) -> dict[str, float]:
         w.method.after_step(w.step, plan.total_steps)
         w.step += 1
         losses.append(out["loss"].detach())
+        if w.rank == 0:
+            recent = [*recent[-(MONITOR_BATCHES - 1) :], out["embedding"].float()]
         if board is not None and (batch_index % 5 == 0 or batch_index + 1 == plan.steps_per_epoch):
             position = {"epoch": w.epoch + 1, "epochs": config.train.epochs, "step": batch_index + 1}
             board.post.remote({**position, "steps": plan.steps_per_epoch, "loss": out["loss"].item()})
@@ -143,12 +150,17 @@ def _train_epoch(w: Worker, shard, view_keys: list[str]) -> dict[str, float]:
     if not losses:
         raise RuntimeError(f"epoch {w.epoch + 1}: the training shard gave no full batch of {plan.batch_per_worker}")
     elapsed = time.perf_counter() - started
-    return {
+    metrics = {
         "loss": all_reduce_mean(torch.stack(losses).mean()).item(),
         "lr": lr,
         "images_per_s": len(losses) * plan.global_batch / elapsed,
         "epoch_time_s": elapsed,
     }
+    if recent:
+        embeddings = torch.cat(recent)
+        metrics["collapse_std"] = normalized_std(embeddings)  # ~1/sqrt(D) healthy, 0 collapsed
+        metrics["collapse_rank"] = effective_rank(embeddings)
+    return metrics
 
 
 def _report(w: Worker, metrics: dict[str, float]) -> None:
