@@ -80,6 +80,10 @@ class MethodConfig(_Section):
     temperature: float = Field(default=0.2, gt=0.0)
     projection_hidden_dim: int = Field(default=512, gt=0)
     projection_dim: int = Field(default=128, gt=0)
+    # Predictor MLP hidden width (BYOL, SimSiam's bottleneck, MoCo v3).
+    predictor_hidden_dim: int = Field(default=512, gt=0)
+    # EMA target networks: momentum at step 0, raised along a cosine to 1 by the last step.
+    ema_momentum: float = Field(default=0.99, ge=0.0, le=1.0)
 
     @field_validator("name")
     @classmethod

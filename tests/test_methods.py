@@ -7,6 +7,8 @@ import torch
 from ssl_ray.config import config_from_dict
 from ssl_ray.data.views import ViewMaker
 from ssl_ray.methods import METHODS, build_method, register_method
+from ssl_ray.nn.schedules import cosine_momentum
+from ssl_ray.train.optim import param_groups
 
 
 def small_config(name, tmp_path):
@@ -62,3 +64,37 @@ def test_registry_rejects_duplicates_and_lists_known(tmp_path):
     with pytest.raises(ValueError, match="already registered"):
         register_method("simclr")(type("Other", (), {}))
     assert "simclr" in METHODS
+
+
+def test_byol_target_gets_no_gradient_and_follows_the_ema(tmp_path):
+    torch.manual_seed(0)
+    method = build_method(small_config("byol", tmp_path))
+    targets = list(method.target_backbone.parameters()) + list(method.target_projector.parameters())
+    online = list(method.backbone.parameters()) + list(method.projector.parameters())
+    for t, o in zip(targets, online):
+        torch.testing.assert_close(t, o)  # the target starts as a copy
+    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.1)
+    method(batch_of_views())["loss"].backward()
+    assert all(t.grad is None and not t.requires_grad for t in targets)
+    optimizer.step()
+    before = [t.clone() for t in targets]
+    method.after_step(step=3, total_steps=10)
+    m = cosine_momentum(3, 10, method.config.method.ema_momentum)
+    for old, new, o in zip(before, targets, online):
+        torch.testing.assert_close(new, m * old + (1 - m) * o)
+
+
+def test_simsiam_stop_gradient_and_fixed_predictor_lr(tmp_path):
+    torch.manual_seed(0)
+    method = build_method(small_config("simsiam", tmp_path))
+    views = batch_of_views()
+    (z1, p1), (z2, _) = method.embed(views[0]), method.embed(views[1])
+    z1.retain_grad()
+    z2.retain_grad()
+    method.criterion(p1, z2).backward()
+    # Through the stop-gradient branch (z2 as the target) nothing flows; through p1 it does.
+    assert z2.grad is None or z2.grad.abs().sum() == 0
+    assert z1.grad.abs().sum() > 0
+    groups = param_groups(method, 1e-4, method.fixed_lr_modules)
+    fixed = {id(p) for g in groups if g["fixed_lr"] for p in g["params"]}
+    assert fixed == {id(p) for p in method.predictor.parameters()}

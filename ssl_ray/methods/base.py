@@ -18,6 +18,8 @@ class SSLMethod(nn.Module):
     """
 
     name: str = ""
+    # Submodules trained at the peak learning rate throughout (SimSiam's predictor).
+    fixed_lr_modules: tuple[str, ...] = ()
 
     def __init__(self, config: PipelineConfig) -> None:
         super().__init__()

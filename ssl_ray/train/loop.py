@@ -130,7 +130,7 @@ def _train_epoch(w: Worker, shard, view_keys: list[str]) -> dict[str, float]:
             break  # every worker stops at the same step, so DDP never waits on a missing peer
         lr = warmup_cosine(w.step, plan.total_steps, plan.warmup_steps, plan.peak_lr, final_lr)
         for group in w.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = plan.peak_lr if group.get("fixed_lr") else lr
         views = [batch[key].to(w.device, non_blocking=True) for key in view_keys]
         with autocast(w.precision, w.device):
             out = w.model(views)

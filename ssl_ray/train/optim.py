@@ -10,16 +10,21 @@ from torch import nn
 from ssl_ray.config import OptimConfig
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
-    for param in model.parameters():
+def param_groups(model: nn.Module, weight_decay: float, fixed_lr_modules: tuple[str, ...] = ()) -> list[dict]:
+    """Weight decay on weights only; groups flagged ``fixed_lr`` skip the lr schedule."""
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            fixed = name.split(".")[0] in fixed_lr_modules
+            groups.setdefault((param.ndim > 1, fixed), []).append(param)
+    return [
+        {"params": params, "weight_decay": weight_decay if decay else 0.0, "fixed_lr": fixed}
+        for (decay, fixed), params in sorted(groups.items())
+    ]
 
 
 def build_optimizer(config: OptimConfig, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    groups = param_groups(model, config.weight_decay)
+    groups = param_groups(model, config.weight_decay, getattr(model, "fixed_lr_modules", ()))
     if config.name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=config.momentum)
     if config.name == "lars":

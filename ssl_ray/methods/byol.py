@@ -1,0 +1,45 @@
+"""BYOL (Grill et al. 2020): the online network (encoder, projector, predictor) predicts the
+projection of an EMA target network (encoder, projector) of the other view. Paper defaults:
+projector and predictor 4096 -> 256, target momentum 0.996 -> 1 along a cosine (Sec. 3.2)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from ssl_ray.methods.base import SSLMethod
+from ssl_ray.methods.registry import register_method
+from ssl_ray.nn.heads import mlp
+from ssl_ray.nn.losses import NegativeCosineLoss
+from ssl_ray.nn.momentum import deactivate_requires_grad, update_momentum
+from ssl_ray.nn.schedules import cosine_momentum
+
+
+@register_method("byol")
+class BYOL(SSLMethod):
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        m = config.method
+        self.projector = mlp([self.feature_dim, m.projection_hidden_dim, m.projection_dim])
+        self.predictor = mlp([m.projection_dim, m.predictor_hidden_dim, m.projection_dim])
+        self.target_backbone = deactivate_requires_grad(copy.deepcopy(self.backbone))
+        self.target_projector = deactivate_requires_grad(copy.deepcopy(self.projector))
+        self.criterion = NegativeCosineLoss()
+
+    def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        n = views[0].shape[0]
+        both = torch.cat(views)
+        z = self.projector(self.backbone(both))
+        p = self.predictor(z)
+        with torch.no_grad():
+            target = self.target_projector(self.target_backbone(both))
+        # Eq. 2, symmetrised (Sec. 3.1): 2 - 2 cos(p, z') = 2 + 2 D(p, z') for each view order.
+        loss = (2 + 2 * self.criterion(p[:n], target[n:])) + (2 + 2 * self.criterion(p[n:], target[:n]))
+        return {"loss": loss, "embedding": z[:n].detach()}
+
+    @torch.no_grad()
+    def after_step(self, step: int, total_steps: int) -> None:
+        momentum = cosine_momentum(step, total_steps, self.config.method.ema_momentum)
+        update_momentum(self.backbone, self.target_backbone, momentum)
+        update_momentum(self.projector, self.target_projector, momentum)
