@@ -12,6 +12,7 @@ has_all() {
 }
 
 if [[ -n "${SSL_RAY_FASHION_MNIST:-}" ]]; then
+  [[ "$SSL_RAY_FASHION_MNIST" =~ ^https?:// ]] && exit 0  # the loader reads URLs itself
   has_all "$SSL_RAY_FASHION_MNIST" && exit 0
   echo "data: SSL_RAY_FASHION_MNIST=$SSL_RAY_FASHION_MNIST lacks some of: ${files[*]}" >&2
   exit 1

@@ -1,5 +1,8 @@
+import functools
 import gzip
+import http.server
 import struct
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -52,3 +55,24 @@ def test_truncated_and_foreign_files_are_named(tmp_path):
         parse_idx(b"\x89PNG....", "images")
     with pytest.raises(DataSourceError, match="t10k-images-idx3-ubyte"):
         load_split(str(tmp_path), "test")
+
+
+def test_url_location_over_real_http(tmp_path):
+    """The loader reads the same files from an http(s) URL prefix (a local server here)."""
+    images = np.full((3, 28, 28), 7, dtype=np.uint8)
+    labels = np.array([9, 0, 2], dtype=np.uint8)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images, compress=True)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", labels, compress=False)  # plain: .gz is tried first
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        split = load_split(base, "test")
+        np.testing.assert_array_equal(split.images, images)
+        assert split.labels.tolist() == [9, 0, 2]
+        with pytest.raises(DataSourceError, match="cannot download"):
+            load_split(base + "/missing", "test")
+    finally:
+        server.shutdown()
