@@ -9,6 +9,11 @@ from torch import nn
 from ssl_ray.nn.distributed import gather_no_grad, gather_with_grad, rank
 
 
+def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"expected two (N, D) tensors of one shape, got {tuple(a.shape)}, {tuple(b.shape)}")
+
+
 class NTXentLoss(nn.Module):
     """Normalised temperature-scaled cross-entropy (SimCLR, Chen et al. 2020, Eq. 1).
 
@@ -28,8 +33,7 @@ class NTXentLoss(nn.Module):
         self.temperature = temperature
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-        if z1.shape != z2.shape or z1.ndim != 2:
-            raise ValueError(f"expected two (N, D) tensors of one shape, got {tuple(z1.shape)}, {tuple(z2.shape)}")
+        _check_pair(z1, z2)
         local = F.normalize(torch.cat([z1, z2]), dim=1).float()
         n = z1.shape[0]
         # Every worker's views as candidates: [z1 of all workers, z2 of all workers].
@@ -66,8 +70,7 @@ class InfoNCELoss(nn.Module):
         self.temperature = temperature
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, negatives: torch.Tensor | None = None) -> torch.Tensor:
-        if q.shape != k.shape or q.ndim != 2:
-            raise ValueError(f"expected two (N, D) tensors of one shape, got {tuple(q.shape)}, {tuple(k.shape)}")
+        _check_pair(q, k)
         q = F.normalize(q.float(), dim=1)
         k = F.normalize(k.detach().float(), dim=1)
         if negatives is not None:
@@ -88,6 +91,5 @@ class NegativeCosineLoss(nn.Module):
     """
 
     def forward(self, p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        if p.shape != z.shape or p.ndim != 2:
-            raise ValueError(f"expected two (N, D) tensors of one shape, got {tuple(p.shape)}, {tuple(z.shape)}")
+        _check_pair(p, z)
         return -F.cosine_similarity(p.float(), z.detach().float(), dim=1).mean()

@@ -114,6 +114,7 @@ def run_pretraining(config: PipelineConfig, resume: bool | str = False) -> Pretr
         raise
 
     knn = tracker.metric_history("knn_top1")
+    loss = tracker.metric_history("loss")
     init = dict(tracker.metric_history("knn_top1_init")).get(0)
     raw = dict(tracker.metric_history("knn_top1_raw_pixels")).get(0)
     checkpoint_path = result.checkpoint.path if result.checkpoint is not None else None
@@ -127,7 +128,7 @@ def run_pretraining(config: PipelineConfig, resume: bool | str = False) -> Pretr
         (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
         tracker.log_artifact(out / "config.yaml")
         baselines = {name: value for name, value in (("random init", init), ("raw pixels", raw)) if value is not None}
-        plot_curves(out / "curves.png", tracker.metric_history("loss"), knn, baselines, run_name)
+        plot_curves(out / "curves.png", loss, knn, baselines, run_name)
         tracker.log_artifact(out / "curves.png", "plots")
     tracker.end("FINISHED")
     trained = [value for step, value in knn if step > 0]
@@ -139,6 +140,6 @@ def run_pretraining(config: PipelineConfig, resume: bool | str = False) -> Pretr
         knn_top1_init=init,
         knn_top1_raw_pixels=raw,
         knn_top1=trained[-1] if trained else None,
-        epochs_done=len(tracker.metric_history("loss")),
+        epochs_done=len(loss),
         checkpoint_path=checkpoint_path,
     )
