@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -26,10 +27,43 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _check_location(value: str, field: str) -> str:
+    """Local paths must exist (and become absolute); URLs are checked when listed, at start."""
+    if re.match(r"^(https?|s3)://", value):
+        return value
+    if not value:
+        raise ValueError(f"{field} is empty")
+    if "://" in value:
+        raise ValueError(f"unsupported scheme in {value!r}: use a local path, s3://bucket/prefix or http(s)://")
+    if not Path(value).expanduser().exists():
+        raise ValueError(f"does not exist: {value}")
+    return str(Path(value).expanduser().resolve())
+
+
 class DataConfig(_Section):
-    source: Literal["fashion_mnist"] = "fashion_mnist"
-    # A directory or an http(s) URL prefix holding the four IDX files (plain or gzipped).
+    """Where the images come from.
+
+    - ``fashion_mnist``: ``path`` is a directory or http(s) URL holding the four IDX files
+      (plain or gzipped); the kNN monitor queries its test split.
+    - ``images``: ``path`` is a folder or ``s3://bucket/prefix`` of image files (JPEG, PNG,
+      WebP, ...); when every file sits in a sub-folder, the sub-folders are the classes.
+    - ``parquet``: ``path`` is a folder or prefix of Parquet shards (or one file) with encoded
+      image bytes in ``image_column`` and, optionally, integer labels in ``label_column``;
+      ``ssl-ray prepare`` writes them.
+    """
+
+    source: Literal["fashion_mnist", "images", "parquet"] = "fashion_mnist"
     path: str = Field(default_factory=lambda: os.environ.get("SSL_RAY_FASHION_MNIST", DEFAULT_FASHION_MNIST_DIR))
+    # Labelled held-out images (same kind as ``path``) the kNN monitor queries; ``images`` and
+    # ``parquet`` sources without one skip the kNN monitor.
+    val_path: str | None = None
+    # What ``val_path`` holds, when it differs from ``source`` (loose images vs shards).
+    val_source: Literal["images", "parquet"] | None = None
+    image_column: str = "image"
+    label_column: str | None = "label"
+    # Decoded images are resized (shorter side) and centre-cropped to this square, then the
+    # view recipe crops from it; None = ``augment.image_size``.
+    decode_size: int | None = Field(default=None, ge=8)
     # Pretrain on the first N training images (None = all). The kNN bank stays the full set.
     train_subset: int | None = Field(default=None, gt=0)
     channels: Literal[1, 3] = 1
@@ -37,24 +71,79 @@ class DataConfig(_Section):
     @field_validator("path")
     @classmethod
     def _path_exists(cls, value: str) -> str:
-        if re.match(r"^https?://", value):
+        return _check_location(value, "data path")
+
+    @field_validator("val_path")
+    @classmethod
+    def _val_path_exists(cls, value: str | None) -> str | None:
+        return None if value is None else _check_location(value, "val path")
+
+    @model_validator(mode="after")
+    def _source_fits_path(self) -> DataConfig:
+        if self.source == "fashion_mnist":
+            if self.path.startswith("s3://"):
+                raise ValueError(
+                    "data.path: fashion_mnist reads a directory or an http(s) URL; for s3:// use "
+                    "ssl-ray prepare to write Parquet shards there and source: parquet"
+                )
+            if self.val_path is not None:
+                raise ValueError("data.val_path: fashion_mnist queries its own test split")
+        elif self.path.startswith(("http://", "https://")):
+            raise ValueError(f"data.path: the {self.source} source reads a local folder or s3://, not http(s)")
+        return self
+
+
+class StorageConfig(_Section):
+    """Where the object store is; never credentials (those come from the AWS chain: environment,
+    profile, instance role). Applies to every ``s3://`` URL: data and checkpoints."""
+
+    # An S3-compatible endpoint (MinIO, Ceph, R2, ...); None = AWS, or $AWS_ENDPOINT_URL.
+    endpoint_url: str | None = None
+    region: str | None = None
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _plain_endpoint(cls, value: str | None) -> str | None:
+        if value is None:
             return value
-        if not value:
-            raise ValueError("data path is empty")
-        if not Path(value).expanduser().is_dir():
-            raise ValueError(f"data path does not exist or is not a directory: {value}")
-        return str(Path(value).expanduser().resolve())
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"expected http(s)://host[:port], got {value!r}")
+        if parsed.username or parsed.password:
+            raise ValueError("credentials never go in a config: use the AWS environment or profile")
+        return value.rstrip("/")
+
+
+PerView = float | tuple[float, float]
 
 
 class AugmentConfig(_Section):
-    """The SimCLR view recipe; ``strength`` scales the colour jitter (SimCLR appendix A)."""
+    """The SimCLR view recipe; ``strength`` scales the colour jitter (SimCLR appendix A).
+
+    ``blur_p`` and ``solarize_p`` take one probability for both views or a pair, one per view:
+    BYOL's asymmetric recipe is ``blur_p: [1.0, 0.1]``, ``solarize_p: [0.0, 0.2]``.
+    """
 
     image_size: int = Field(default=28, ge=8)
     strength: float = Field(default=0.5, ge=0.0, le=2.0)
     crop_scale: tuple[float, float] = (0.2, 1.0)
     flip_p: float = Field(default=0.5, ge=0.0, le=1.0)
     jitter_p: float = Field(default=0.8, ge=0.0, le=1.0)
-    blur_p: float = Field(default=0.0, ge=0.0, le=1.0)
+    blur_p: PerView = 0.0
+    solarize_p: PerView = 0.0
+
+    @field_validator("blur_p", "solarize_p")
+    @classmethod
+    def _probabilities(cls, value: PerView) -> PerView:
+        values = value if isinstance(value, tuple) else (value,)
+        if not all(0.0 <= v <= 1.0 for v in values):
+            raise ValueError(f"probabilities must be in [0, 1], got {value}")
+        return value
+
+    def for_view(self, field: str, view: int) -> float:
+        """A per-view field's value for view ``view`` (0 or 1)."""
+        value = getattr(self, field)
+        return value[view] if isinstance(value, tuple) else value
 
     @field_validator("crop_scale")
     @classmethod
@@ -76,14 +165,32 @@ class ModelConfig(_Section):
 
 
 class MethodConfig(_Section):
+    """The method and its hyperparameters. A field left out takes the method's own default
+    (its paper's, ``SSLMethod.defaults``), so ``name: moco_v1`` alone gives temperature 0.07."""
+
     name: str = "simclr"
     temperature: float = Field(default=0.2, gt=0.0)
     projection_hidden_dim: int = Field(default=512, gt=0)
     projection_dim: int = Field(default=128, gt=0)
     # Predictor MLP hidden width (BYOL, SimSiam's bottleneck, MoCo v3).
     predictor_hidden_dim: int = Field(default=512, gt=0)
-    # EMA target networks: momentum at step 0, raised along a cosine to 1 by the last step.
+    # EMA target networks: the momentum at step 0; BYOL and MoCo v3 raise it along a cosine to
+    # 1 by the last step, MoCo v1/v2 keep it constant.
     ema_momentum: float = Field(default=0.99, ge=0.0, le=1.0)
+    # MoCo v1/v2: negatives kept from earlier batches (K).
+    queue_size: int = Field(default=65536, gt=0)
+    # SimSiam's ablation (Chen & He 2021, Sec. 4.1, Fig. 2): false removes the stop-gradient,
+    # and the representation collapses. Only SimSiam reads it.
+    stop_gradient: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_defaults(cls, raw: Any) -> Any:
+        from ssl_ray.methods import METHODS
+
+        if isinstance(raw, dict) and raw.get("name", "simclr") in METHODS:
+            raw = {**METHODS[raw.get("name", "simclr")].defaults, **raw}
+        return raw
 
     @field_validator("name")
     @classmethod
@@ -156,7 +263,7 @@ class TrackingConfig(_Section):
 
 
 class PipelineConfig(_Section):
-    method: MethodConfig = MethodConfig()
+    method: MethodConfig = Field(default_factory=MethodConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     augment: AugmentConfig = AugmentConfig()
     model: ModelConfig = ModelConfig()
@@ -164,9 +271,14 @@ class PipelineConfig(_Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
+    storage: StorageConfig = StorageConfig()
 
     @model_validator(mode="after")
-    def _batch_divides(self) -> PipelineConfig:
+    def _consistent(self) -> PipelineConfig:
+        if not self.method.stop_gradient and self.method.name != "simsiam":
+            raise ValueError(
+                f"method.stop_gradient: only SimSiam has a stop-gradient to remove, not {self.method.name}"
+            )
         if self.train.batch_size % self.train.num_workers:
             raise ValueError(
                 f"train.batch_size ({self.train.batch_size}) must be a multiple of "
@@ -231,16 +343,27 @@ def config_from_dict(raw: dict[str, Any]) -> PipelineConfig:
         raise ConfigError(f"invalid config: {_describe(error)}") from None
 
 
+def _read_pipeline(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A pipeline file as a dict. ``base: other.yaml`` (relative to the file) names a pipeline
+    whose sections this one extends, field by field; bases may have bases."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: base: forms a cycle ({' -> '.join(p.name for p in (*seen, path))})")
+    loaded = yaml.safe_load(path.read_text())
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    raw = dict(loaded or {})
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base: expected a file name, got {base!r}")
+    return _merge(_read_pipeline(path.parent / base, (*seen, path.resolve())), raw)
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> PipelineConfig:
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text())
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections")
-        raw = loaded or {}
+    raw = _read_pipeline(Path(path)) if path is not None else {}
     return config_from_dict(_merge(raw, parse_overrides(overrides or [])))
 
 

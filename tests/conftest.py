@@ -1,63 +1,22 @@
-"""Real services for the tests: an ``mlflow server`` (SQLite) on 127.0.0.1."""
+"""Real services for the tests, on 127.0.0.1: an ``mlflow server`` (SQLite) and an S3 HTTP
+server (moto's server mode), reached through boto3 and pyarrow exactly as AWS would be."""
 
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
+from services import S3_KEY_ID, S3_SECRET, start_mlflow, start_moto
 
 FASHION_MNIST = Path(os.environ.get("SSL_RAY_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real MLflow tracking server with a SQLite backend and a local artifact root."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    mlflow_bin = Path(sys.executable).with_name("mlflow")
-    process = subprocess.Popen(
-        [
-            str(mlflow_bin),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{root}/mlflow.db",
-            "--artifacts-destination",
-            str(root / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=open(root / "server.log", "w"),
-        stderr=subprocess.STDOUT,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if process.poll() is not None or time.time() > deadline:
-            process.kill()
-            raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
-        time.sleep(0.5)
+    process, uri = start_mlflow(tmp_path_factory.mktemp("mlflow-server"))
     yield uri
     process.terminate()
     process.wait(timeout=30)
@@ -73,3 +32,31 @@ def fashion_mnist_dir():
             f"Fashion-MNIST not found at {FASHION_MNIST}; install dataset-fashion-mnist or set SSL_RAY_FASHION_MNIST"
         )
     return FASHION_MNIST
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """An S3-compatible HTTP server on 127.0.0.1; the session's AWS credentials point at it
+    through the standard environment variables (the AWS chain), never through a config."""
+    root = tmp_path_factory.mktemp("s3-server")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AWS_ACCESS_KEY_ID", S3_KEY_ID)
+        patch.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        patch.delenv("AWS_ENDPOINT_URL", raising=False)
+        patch.delenv("AWS_PROFILE", raising=False)
+        process, endpoint = start_moto(root, "moto")
+        yield endpoint
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture
+def s3(s3_server):
+    """A boto3 client of the test server and a fresh bucket name per test."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    return client, bucket

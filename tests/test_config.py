@@ -44,6 +44,9 @@ def test_config_is_frozen(data_dir):
         ("train.epochs=many", "train.epochs"),
         ("optim.lr=0.1", "optim.lr"),  # unknown field (it is optim.base_lr)
         ("train.batch_size=255", "train.batch_size"),  # with 2 workers: not divisible
+        ("augment.blur_p=[1.0, 1.5]", "augment.blur_p"),
+        ("augment.solarize_p=[0.1, 0.2, 0.3]", "augment.solarize_p"),  # one per view, two views
+        ("method.queue_size=0", "method.queue_size"),
     ],
 )
 def test_invalid_values_name_the_field(data_dir, override, field):
@@ -83,3 +86,24 @@ def test_cli_exits_nonzero_naming_the_field_before_ray_starts(data_dir, override
     assert field in done.stderr
     assert "Started a local Ray instance" not in done.stderr + done.stdout
     assert not (data_dir / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "pipelines").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_pipeline_file_loads(data_dir, path):
+    config = load_config(path)
+    if path.name.endswith("_fashion_mnist.yaml"):
+        assert config.method.name == path.name.removesuffix("_fashion_mnist.yaml")
+        assert config.model.width == 32 and config.train.epochs == 5  # from the shared base
+
+
+def test_base_pipeline_is_extended_field_by_field(data_dir, tmp_path):
+    (tmp_path / "base.yaml").write_text("train: {epochs: 7, batch_size: 64}\nmethod: {name: byol}\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\ntrain: {epochs: 3}\n")
+    config = load_config(tmp_path / "child.yaml")
+    assert (config.train.epochs, config.train.batch_size, config.method.name) == (3, 64, "byol")
+    (tmp_path / "base.yaml").write_text("base: child.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "child.yaml")
+    (tmp_path / "child.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match="missing.yaml"):
+        load_config(tmp_path / "child.yaml")

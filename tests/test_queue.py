@@ -1,5 +1,7 @@
 import torch
+from gloo import run_on_two_workers
 
+from ssl_ray.nn.distributed import shuffle_across_workers, unshuffle_across_workers
 from ssl_ray.nn.queue import KeyQueue
 
 
@@ -43,32 +45,39 @@ def test_negatives_are_detached_copies():
     assert queue.keys.abs().sum() > 0 and not negatives.requires_grad
 
 
-def _two_worker_enqueue(rank: int, port: int, results) -> None:
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        queue = KeyQueue(dim=2, size=6)
-        local = torch.full((2, 2), float(rank + 1))  # worker 0 sends 1s, worker 1 sends 2s
-        queue.enqueue(local)
-        results[rank] = (queue.keys[:4].clone(), int(queue.pointer))
-    finally:
-        dist.destroy_process_group()
+def _two_worker_enqueue(rank: int):
+    queue = KeyQueue(dim=2, size=6)
+    local = torch.full((2, 2), float(rank + 1))  # worker 0 sends 1s, worker 1 sends 2s
+    queue.enqueue(local)
+    return queue.keys[:4].clone(), int(queue.pointer)
 
 
 def test_keys_of_both_gloo_workers_enter_the_queue():
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    manager = mp.Manager()
-    results = manager.dict()
-    mp.spawn(_two_worker_enqueue, args=(port, results), nprocs=2, join=True)
+    results = run_on_two_workers(_two_worker_enqueue)
     for rank in (0, 1):
         keys, pointer = results[rank]
         assert pointer == 4
         # Both workers hold the same queue: worker 0's keys, then worker 1's.
         torch.testing.assert_close(keys, torch.tensor([[1.0, 1.0], [1.0, 1.0], [2.0, 2.0], [2.0, 2.0]]))
+
+
+def _shuffle_and_restore(rank: int):
+    torch.manual_seed(rank)  # different local RNGs: the order must still be shared
+    batch = (10 * rank + torch.arange(4, dtype=torch.float32)).unsqueeze(1)
+    shuffled, restore = shuffle_across_workers(batch)
+    restored = unshuffle_across_workers(shuffled * 2, restore)
+    return batch, shuffled, restored
+
+
+def test_shuffle_bn_deals_the_global_batch_and_restores_each_workers_order():
+    results = run_on_two_workers(_shuffle_and_restore)
+    dealt = torch.cat([results[rank][1] for rank in (0, 1)]).squeeze(1)
+    everything = torch.cat([results[rank][0] for rank in (0, 1)]).squeeze(1)
+    # Every image of the global batch goes to exactly one worker's key encoder ...
+    assert sorted(dealt.tolist()) == sorted(everything.tolist())
+    # ... mixed across workers (a fixed seed makes this exact: 8 rows, shared permutation) ...
+    assert results[0][1].squeeze(1).tolist() != results[0][0].squeeze(1).tolist()
+    # ... and each worker gets the outputs for its own rows back in its own order.
+    for rank in (0, 1):
+        batch, _, restored = results[rank]
+        torch.testing.assert_close(restored, batch * 2)

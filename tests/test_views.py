@@ -77,3 +77,12 @@ def test_jitter_strength_spreads_intensities():
     weak = ViewMaker(AugmentConfig(strength=0.1, **base), channels=1, seed=0)(batch)["view0"]
     strong = ViewMaker(AugmentConfig(strength=1.0, **base), channels=1, seed=0)(batch)["view0"]
     assert strong.reshape(256, -1).mean(1).std() > 2 * weak.reshape(256, -1).mean(1).std()
+
+
+def test_asymmetric_recipe_solarizes_only_the_second_view():
+    """BYOL's per-view probabilities: here view 0 is never solarized and view 1 always is.
+    Solarizing maps every pixel above half intensity to its inverse, so nothing stays bright."""
+    config = AugmentConfig(strength=0.0, blur_p=[1.0, 0.0], solarize_p=[0.0, 1.0], crop_scale=(1.0, 1.0))
+    out = ViewMaker(config, channels=1, seed=0)({"image": images()})
+    assert out["view0"].max() > 200
+    assert out["view1"].max() <= 128

@@ -15,16 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ssl_ray.data.errors import DataSourceError
+
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 _FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 _IDX_DTYPE = {0x08: np.uint8}
-
-
-class DataSourceError(RuntimeError):
-    """The data location is missing, unreachable or holds something that is not the dataset."""
 
 
 @dataclass(frozen=True)
@@ -65,8 +63,9 @@ def _read(location: str, stem: str) -> bytes:
     raise DataSourceError(f"{folder}: no {stem}[.gz]; expected the four Fashion-MNIST IDX files there")
 
 
-def load_split(location: str, split: str) -> Split:
+def load_split(location: str | Path, split: str) -> Split:
     """Read one split (``train``: 60,000 images; ``test``: 10,000) into memory."""
+    location = str(location)
     images_stem, labels_stem = _FILES[split]
     images = parse_idx(_read(location, images_stem), images_stem)
     labels = parse_idx(_read(location, labels_stem), labels_stem).astype(np.int64)

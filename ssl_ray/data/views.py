@@ -15,12 +15,13 @@ from torch import nn
 from ssl_ray.config import AugmentConfig
 
 
-def view_transform(config: AugmentConfig, channels: int) -> nn.Module:
+def view_transform(config: AugmentConfig, channels: int, view: int = 0) -> nn.Module:
     """SimCLR's augmentation (Chen et al. 2020, appendix A) for float images in [0, 1].
 
     Random resized crop, horizontal flip, colour jitter scaled by ``strength`` s
     (brightness/contrast/saturation 0.8s, hue 0.2s; brightness/contrast only for grayscale),
-    optional Gaussian blur.
+    then Gaussian blur and solarization with view ``view``'s probabilities (BYOL, Grill et al.
+    2020, Table 6: blur 1.0 / 0.1, solarize 0 / 0.2 for the two views).
     """
     s = config.strength
     size = (config.image_size, config.image_size)
@@ -33,10 +34,15 @@ def view_transform(config: AugmentConfig, channels: int) -> nn.Module:
         steps.append(K.ColorJitter(0.8 * s, 0.8 * s, colour[0], colour[1], p=config.jitter_p))
     if channels == 3:
         steps.append(K.RandomGrayscale(p=0.2))
-    if config.blur_p > 0:
+    blur_p = config.for_view("blur_p", view)
+    if blur_p > 0:
         # Kernel about 10% of the image side, odd (SimCLR appendix A).
         kernel = max(3, (config.image_size // 10) | 1)
-        steps.append(K.RandomGaussianBlur((kernel, kernel), (0.1, 2.0), p=config.blur_p))
+        steps.append(K.RandomGaussianBlur((kernel, kernel), (0.1, 2.0), p=blur_p))
+    solarize_p = config.for_view("solarize_p", view)
+    if solarize_p > 0:
+        # BYOL's solarization: x -> 1 - x above a fixed threshold of 0.5, no brightness shift.
+        steps.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=solarize_p))
     return nn.Sequential(*steps)
 
 
@@ -52,7 +58,7 @@ class ViewMaker:
         self.channels = channels
         self.num_views = num_views
         self.seed = seed
-        self.transforms = [view_transform(config, channels) for _ in range(num_views)]
+        self.transforms = [view_transform(config, channels, min(i, 1)) for i in range(num_views)]
         torch.set_num_threads(1)  # Ray Data runs one of these per CPU; don't oversubscribe.
 
     def views(self, images: np.ndarray) -> list[torch.Tensor]:

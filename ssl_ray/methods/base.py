@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+from typing import TYPE_CHECKING, Any, ClassVar
+
 import torch
 from torch import nn
 
-from ssl_ray.config import PipelineConfig
 from ssl_ray.nn.backbones import build_backbone
+from ssl_ray.nn.momentum import deactivate_requires_grad, update_momentum
+
+if TYPE_CHECKING:
+    from ssl_ray.config import PipelineConfig
 
 
 class SSLMethod(nn.Module):
@@ -18,8 +24,12 @@ class SSLMethod(nn.Module):
     """
 
     name: str = ""
+    # The paper's hyperparameters: ``method.*`` fields a config leaves out take these values.
+    defaults: ClassVar[dict[str, Any]] = {}
     # Submodules trained at the peak learning rate throughout (SimSiam's predictor).
     fixed_lr_modules: tuple[str, ...] = ()
+    # Online submodules that have an EMA copy ``target_<name>`` (set by ``add_targets``).
+    target_of: tuple[str, ...] = ()
 
     def __init__(self, config: PipelineConfig) -> None:
         super().__init__()
@@ -31,6 +41,18 @@ class SSLMethod(nn.Module):
             config.model.blocks,
             config.model.stem_stride,
         )
+
+    def add_targets(self, *names: str) -> None:
+        """Momentum targets of the named online submodules, starting as exact copies: MoCo's
+        key encoder, BYOL's target network. They change only through ``update_targets``."""
+        for name in names:
+            setattr(self, f"target_{name}", deactivate_requires_grad(copy.deepcopy(getattr(self, name))))
+        self.target_of = names
+
+    @torch.no_grad()
+    def update_targets(self, momentum: float) -> None:
+        for name in self.target_of:
+            update_momentum(getattr(self, name), getattr(self, f"target_{name}"), momentum)
 
     def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError

@@ -4,27 +4,30 @@ projector and predictor 4096 -> 256, target momentum 0.996 -> 1 along a cosine (
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
 from ssl_ray.methods.base import SSLMethod
 from ssl_ray.methods.registry import register_method
 from ssl_ray.nn.heads import mlp
 from ssl_ray.nn.losses import NegativeCosineLoss
-from ssl_ray.nn.momentum import deactivate_requires_grad, update_momentum
 from ssl_ray.nn.schedules import cosine_momentum
 
 
 @register_method("byol")
 class BYOL(SSLMethod):
+    defaults = {
+        "projection_hidden_dim": 4096,
+        "projection_dim": 256,
+        "predictor_hidden_dim": 4096,
+        "ema_momentum": 0.996,
+    }
+
     def __init__(self, config) -> None:
         super().__init__(config)
         m = config.method
         self.projector = mlp([self.feature_dim, m.projection_hidden_dim, m.projection_dim])
         self.predictor = mlp([m.projection_dim, m.predictor_hidden_dim, m.projection_dim])
-        self.target_backbone = deactivate_requires_grad(copy.deepcopy(self.backbone))
-        self.target_projector = deactivate_requires_grad(copy.deepcopy(self.projector))
+        self.add_targets("backbone", "projector")
         self.criterion = NegativeCosineLoss()
 
     def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -40,6 +43,4 @@ class BYOL(SSLMethod):
 
     @torch.no_grad()
     def after_step(self, step: int, total_steps: int) -> None:
-        momentum = cosine_momentum(step, total_steps, self.config.method.ema_momentum)
-        update_momentum(self.backbone, self.target_backbone, momentum)
-        update_momentum(self.projector, self.target_projector, momentum)
+        self.update_targets(cosine_momentum(step, total_steps, self.config.method.ema_momentum))

@@ -14,6 +14,7 @@ from ssl_ray.nn.losses import NegativeCosineLoss
 
 @register_method("simsiam")
 class SimSiam(SSLMethod):
+    defaults = {"projection_hidden_dim": 2048, "projection_dim": 2048, "predictor_hidden_dim": 512}
     fixed_lr_modules = ("predictor",)
 
     def __init__(self, config) -> None:
@@ -22,7 +23,7 @@ class SimSiam(SSLMethod):
         dim = m.projection_dim
         self.projector = mlp([self.feature_dim, m.projection_hidden_dim, m.projection_hidden_dim, dim], last_bn=True)
         self.predictor = mlp([dim, m.predictor_hidden_dim, dim])
-        self.criterion = NegativeCosineLoss()
+        self.criterion = NegativeCosineLoss(stop_gradient=m.stop_gradient)
 
     def embed(self, view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(z, p) for one view. Views go through separately, as in the reference code, so BN
@@ -32,6 +33,7 @@ class SimSiam(SSLMethod):
 
     def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         (z1, p1), (z2, p2) = self.embed(views[0]), self.embed(views[1])
-        # Eq. 4: L = D(p1, sg(z2)) / 2 + D(p2, sg(z1)) / 2; the loss detaches its second argument.
+        # Eq. 4: L = D(p1, sg(z2)) / 2 + D(p2, sg(z1)) / 2; the loss detaches its second argument
+        # (unless method.stop_gradient is false: the collapse ablation).
         loss = self.criterion(p1, z2) / 2 + self.criterion(p2, z1) / 2
         return {"loss": loss, "embedding": z1.detach()}

@@ -46,3 +46,29 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(value)
         value /= world_size()
     return value
+
+
+@torch.no_grad()
+def shuffle_across_workers(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """MoCo's shuffling BN (He et al. 2020, Sec. 3.3): deal the global batch out to the workers
+    in a random order shared by all, so the key encoder's BN statistics on each worker come
+    from other images than the queries' (otherwise BN lets the model find the positive through
+    the batch statistics and "cheat" the pretext task). Returns this worker's shuffled rows and
+    the permutation that ``unshuffle_across_workers`` undoes. With one worker there is nothing
+    to shuffle across, and the batch comes back unchanged."""
+    if not is_distributed():
+        return batch, None
+    everything = gather_no_grad(batch)
+    order = torch.randperm(everything.shape[0], device=batch.device)
+    dist.broadcast(order, src=0)
+    mine = order.view(world_size(), -1)[rank()]
+    return everything[mine], torch.argsort(order)
+
+
+@torch.no_grad()
+def unshuffle_across_workers(outputs: torch.Tensor, restore: torch.Tensor | None) -> torch.Tensor:
+    """This worker's rows of the outputs, back in the order of its own input batch."""
+    if restore is None:
+        return outputs
+    everything = gather_no_grad(outputs)
+    return everything[restore.view(world_size(), -1)[rank()]]

@@ -5,16 +5,21 @@ from __future__ import annotations
 from torch import nn
 
 
-def mlp(dims: list[int], last_bn: bool = False) -> nn.Sequential:
+def mlp(dims: list[int], last_bn: bool = False, hidden_bn: bool = True) -> nn.Sequential:
     """Linear -> BN -> ReLU for each hidden layer, then a plain Linear (optionally with BN).
 
-    ``dims`` lists every width, input first: ``[512, 2048, 128]`` is a 2-layer MLP.
+    ``dims`` lists every width, input first: ``[512, 2048, 128]`` is a 2-layer MLP, and
+    ``[512, 128]`` a linear map. ``hidden_bn=False`` drops the hidden BN (MoCo v2's head).
     """
     if len(dims) < 2:
         raise ValueError(f"an MLP needs at least input and output widths, got {dims}")
     layers: list[nn.Module] = []
     for width_in, width_out in zip(dims[:-2], dims[1:-1]):
-        layers += [nn.Linear(width_in, width_out, bias=False), nn.BatchNorm1d(width_out), nn.ReLU(inplace=True)]
+        if hidden_bn:
+            layers += [nn.Linear(width_in, width_out, bias=False), nn.BatchNorm1d(width_out)]
+        else:
+            layers.append(nn.Linear(width_in, width_out))
+        layers.append(nn.ReLU(inplace=True))
     layers.append(nn.Linear(dims[-2], dims[-1], bias=not last_bn))
     if last_bn:
         layers.append(nn.BatchNorm1d(dims[-1], affine=False))

@@ -87,9 +87,15 @@ class NegativeCosineLoss(nn.Module):
     """``D(p, z) = -cos(p, stopgrad(z))`` averaged over the batch (SimSiam, Chen & He 2021,
     Eq. 1 and 3). BYOL's ``2 - 2 cos(p, sg(z'))`` (Grill et al. 2020, Eq. 2) is ``2 + 2 D``.
 
-    Shapes: ``p, z`` (N, D). Returns a scalar in [-1, 1]; no gradient reaches ``z``.
+    Shapes: ``p, z`` (N, D). Returns a scalar in [-1, 1]; no gradient reaches ``z`` unless
+    ``stop_gradient=False`` (SimSiam's collapse ablation, Sec. 4.1).
     """
+
+    def __init__(self, stop_gradient: bool = True) -> None:
+        super().__init__()
+        self.stop_gradient = stop_gradient
 
     def forward(self, p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         _check_pair(p, z)
-        return -F.cosine_similarity(p.float(), z.detach().float(), dim=1).mean()
+        z = z.detach() if self.stop_gradient else z
+        return -F.cosine_similarity(p.float(), z.float(), dim=1).mean()

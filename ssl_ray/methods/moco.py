@@ -1,0 +1,76 @@
+"""MoCo v1 (He et al. 2020) and v2 (Chen et al. 2020, "Improved baselines"): a query encoder
+trained with InfoNCE against a momentum key encoder's key for the other view and a queue of
+K earlier keys as negatives. v2 differs only in its head (an MLP instead of a linear layer)
+and its defaults; its blur and cosine learning rate are set in the view recipe and the
+schedule, like every other method's.
+
+Paper defaults: K 65536, key momentum 0.999 held constant, temperature 0.07 (v1) / 0.2 (v2),
+128-d keys, shuffling BN across workers (Sec. 3.3)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ssl_ray.methods.base import SSLMethod
+from ssl_ray.methods.registry import register_method
+from ssl_ray.nn.distributed import shuffle_across_workers, unshuffle_across_workers
+from ssl_ray.nn.heads import mlp
+from ssl_ray.nn.losses import InfoNCELoss
+from ssl_ray.nn.queue import KeyQueue
+
+
+class _MoCoWithQueue(SSLMethod):
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        m = config.method
+        self.projector = self.head(self.feature_dim, m.projection_hidden_dim, m.projection_dim)
+        self.add_targets("backbone", "projector")  # the key encoder
+        self.queue = KeyQueue(m.projection_dim, m.queue_size)
+        self.criterion = InfoNCELoss(m.temperature)
+        self._new_keys: torch.Tensor | None = None
+
+    @staticmethod
+    def head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Module:
+        raise NotImplementedError
+
+    def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        queries = self.projector(self.backbone(views[0]))
+        with torch.no_grad():
+            shuffled, restore = shuffle_across_workers(views[1])
+            keys = unshuffle_across_workers(self.target_projector(self.target_backbone(shuffled)), restore)
+        # Eq. 1 with the queue as the K negatives; this batch's keys join it after the step.
+        loss = self.criterion(queries, keys, self.queue.negatives())
+        self._new_keys = keys
+        return {"loss": loss, "embedding": queries.detach()}
+
+    @torch.no_grad()
+    def after_step(self, step: int, total_steps: int) -> None:
+        self.update_targets(self.config.method.ema_momentum)  # Eq. 2, m constant
+        if self._new_keys is not None:
+            self.queue.enqueue(self._new_keys)  # gathered from every worker inside
+            self._new_keys = None
+
+
+@register_method("moco_v1")
+class MoCoV1(_MoCoWithQueue):
+    defaults = {"temperature": 0.07, "projection_dim": 128, "queue_size": 65536, "ema_momentum": 0.999}
+
+    @staticmethod
+    def head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Module:
+        return mlp([in_dim, out_dim])  # the encoder's fc layer, re-sized to the key dimension
+
+
+@register_method("moco_v2")
+class MoCoV2(_MoCoWithQueue):
+    defaults = {
+        "temperature": 0.2,
+        "projection_hidden_dim": 2048,
+        "projection_dim": 128,
+        "queue_size": 65536,
+        "ema_momentum": 0.999,
+    }
+
+    @staticmethod
+    def head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Module:
+        return mlp([in_dim, hidden_dim, out_dim], hidden_bn=False)  # fc -> ReLU -> fc (Sec. 2)
