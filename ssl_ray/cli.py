@@ -1,4 +1,5 @@
-"""``ssl-ray`` command line: ``ssl-ray pretrain CONFIG [section.field=value ...] [--resume]``."""
+"""``ssl-ray`` command line: ``ssl-ray pretrain CONFIG [section.field=value ...] [--resume]`` and
+``ssl-ray prepare SRC DST``."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import sys
 
 from ssl_ray.config import ConfigError, load_config
+from ssl_ray.data.errors import DataSourceError
 
 
 def _pretrain(args: argparse.Namespace) -> int:
@@ -18,7 +20,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     try:
         result = run_pretraining(config, resume=args.resume)
-    except ResumeError as error:
+    except (ResumeError, DataSourceError) as error:
         print(f"ssl-ray: {error}", file=sys.stderr)
         return 2
     from ssl_ray.tracking.mlflow_run import ui_command
@@ -34,6 +36,28 @@ def _pretrain(args: argparse.Namespace) -> int:
     print(f"Ray Train run:  {result.ray_run_name}  (checkpoint: {result.checkpoint_path})")
     print(f"MLflow run id:  {result.mlflow_run_id}  (experiment '{config.tracking.experiment}')")
     print(f"Open the MLflow UI:  {ui_command(result.tracking_uri, result.mlflow_experiment_id, result.mlflow_run_id)}")
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from ssl_ray.config import StorageConfig
+    from ssl_ray.data.prepare import PrepareOptions, prepare
+
+    try:
+        storage = StorageConfig(endpoint_url=args.endpoint_url, region=args.region)
+    except ValueError as error:
+        raise ConfigError(f"--endpoint-url/--region: {error}") from None
+    options = PrepareOptions(source=args.source, split=args.split, shard_mb=args.shard_mb, storage=storage)
+    try:
+        manifest = prepare(args.src, args.dst, options)
+    except DataSourceError as error:
+        print(f"ssl-ray: {error}", file=sys.stderr)
+        return 2
+    skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(manifest["skipped"].items())) or "none"
+    print(
+        f"{manifest['images']} images in {manifest['shards']} shards ({manifest['bytes'] / 2**20:.1f} MiB) "
+        f"at {args.dst}; {len(manifest['classes'])} classes; skipped: {skipped}; manifest: {args.dst.rstrip('/')}/manifest.json"
+    )
     return 0
 
 
@@ -53,6 +77,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pretrain.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
     pretrain.set_defaults(handler=_pretrain)
+
+    shards = commands.add_parser(
+        "prepare", help="write a folder or bucket of images (or Fashion-MNIST) as Parquet shards"
+    )
+    shards.add_argument(
+        "src",
+        help="folder or s3://bucket/prefix of images (class sub-folders give labels), or the Fashion-MNIST directory/URL",
+    )
+    shards.add_argument("dst", help="empty folder or s3://bucket/prefix for the shards and manifest.json")
+    shards.add_argument("--source", choices=["images", "fashion_mnist"], default="images")
+    shards.add_argument("--split", choices=["train", "test"], default="train", help="Fashion-MNIST split")
+    shards.add_argument("--shard-mb", type=float, default=64.0, help="target shard size in MiB (default 64)")
+    shards.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS, or $AWS_ENDPOINT_URL)")
+    shards.add_argument("--region", help="S3 region")
+    shards.set_defaults(handler=_prepare)
     return parser
 
 
@@ -60,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # Overrides may come after options too (``--resume train.epochs=4``).
     args, rest = parser.parse_known_args(argv)
-    stray = [item for item in rest if "=" not in item or item.startswith("-")]
+    takes_overrides = hasattr(args, "overrides")
+    stray = [item for item in rest if "=" not in item or item.startswith("-") or not takes_overrides]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if rest:

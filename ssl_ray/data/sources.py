@@ -14,7 +14,7 @@ import ray.data
 from ray.data.extensions import ArrowTensorArray
 
 from ssl_ray.config import PipelineConfig
-from ssl_ray.data import fashion_mnist
+from ssl_ray.data import fashion_mnist, files
 from ssl_ray.data.views import ViewMaker
 
 ROWS_PER_BLOCK = 2048
@@ -48,31 +48,82 @@ def make_views(batch: dict[str, np.ndarray], augment, channels: int, num_views: 
 @dataclass
 class PretrainData:
     train: ray.data.Dataset  # view0, view1, ... (uint8 (C, S, S)), label
-    knn_bank: ray.data.Dataset  # image, label: labelled training images
-    knn_query: ray.data.Dataset  # image, label: the held-out test images
+    knn_bank: ray.data.Dataset | None  # image, label: labelled training images (None: no kNN)
+    knn_query: ray.data.Dataset | None  # image, label: held-out images
     train_size: int
     num_classes: int
 
 
-def build_pretrain_data(config: PipelineConfig, num_views: int = 2) -> PretrainData:
+def with_views(images: ray.data.Dataset, config: PipelineConfig, num_views: int) -> ray.data.Dataset:
+    return images.map_batches(
+        make_views,
+        fn_kwargs={"augment": config.augment, "channels": config.data.channels, "num_views": num_views},
+        batch_size=ROWS_PER_BLOCK,
+        batch_format="numpy",
+    )
+
+
+def _fashion_mnist(config: PipelineConfig, num_views: int) -> PretrainData:
     data = config.data
     train = fashion_mnist.load_split(data.path, "train")
     test = fashion_mnist.load_split(data.path, "test")
     train_size = min(len(train.images), data.train_subset or len(train.images))
     bank_size = min(len(train.images), config.eval.knn_bank_size or len(train.images))
     query_size = min(len(test.images), config.eval.knn_query_size or len(test.images))
-
     pretrain = from_arrays(train.images[:train_size], train.labels[:train_size])
-    views = pretrain.randomize_block_order().map_batches(
-        make_views,
-        fn_kwargs={"augment": config.augment, "channels": data.channels, "num_views": num_views},
-        batch_size=ROWS_PER_BLOCK,
-        batch_format="numpy",
-    )
     return PretrainData(
-        train=views,
+        train=with_views(pretrain.randomize_block_order(), config, num_views),
         knn_bank=from_arrays(train.images[:bank_size], train.labels[:bank_size]),
         knn_query=from_arrays(test.images[:query_size], test.labels[:query_size]),
         train_size=train_size,
         num_classes=len(fashion_mnist.CLASSES),
     )
+
+
+def _read(path: str, kind: str, config: PipelineConfig, limit: int | None, counter=None) -> files.FileSource:
+    data, size = config.data, config.data.decode_size or config.augment.image_size
+    if kind == "images":
+        return files.image_files(path, config.storage, data.channels, size, limit, counter)
+    source = files.parquet_shards(path, data, config.storage, size, counter)
+    if limit is not None and limit < source.size:
+        source.dataset, source.size = source.dataset.limit(limit), limit
+    return source
+
+
+def _from_files(config: PipelineConfig, num_views: int, counter) -> PretrainData:
+    """Every location is listed here, on the driver, so a bad one fails before training."""
+    data, e = config.data, config.eval
+    train = _read(data.path, data.source, config, data.train_subset, counter)
+    bank = query = None
+    num_classes = len(train.classes)
+    if data.val_path is not None:
+        query = _read(data.val_path, data.val_source or data.source, config, e.knn_query_size)
+        num_classes = max(num_classes, len(query.classes))
+        if num_classes:
+            # The bank: labelled training images without views (its own read; never counted).
+            bank = _read(data.path, data.source, config, e.knn_bank_size)
+    return PretrainData(
+        train=with_views(train.dataset.select_columns(["image", "label"]), config, num_views),
+        knn_bank=bank.dataset.select_columns(["image", "label"]) if bank else None,
+        knn_query=query.dataset.select_columns(["image", "label"]) if query else None,
+        train_size=train.size,
+        num_classes=num_classes,
+    )
+
+
+def check_data_locations(config: PipelineConfig) -> None:
+    """List every location the run will read (cached for the run): ``DataSourceError`` with
+    the URL and the cause if one is missing, empty or unreachable."""
+    if config.data.source == "fashion_mnist":
+        return
+    for path in (config.data.path, config.data.val_path):
+        if path is not None:
+            files.listing(path, config.storage)
+
+
+def build_pretrain_data(config: PipelineConfig, num_views: int = 2, counter=None) -> PretrainData:
+    """The datasets a pretraining run needs; ``counter`` (a ``SkipCounter``) hears about every
+    training file that could not be decoded."""
+    if config.data.source == "fashion_mnist":
+        return _fashion_mnist(config, num_views)
+    return _from_files(config, num_views, counter)

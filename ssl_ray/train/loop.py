@@ -11,11 +11,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import ray
 import ray.train
 import ray.train.torch
 import torch
 
 from ssl_ray.config import PipelineConfig, config_from_dict
+from ssl_ray.data.decode import SKIP_REASONS
 from ssl_ray.eval.collapse import effective_rank, normalized_std
 from ssl_ray.eval.features import extract_features, pixels_as_features
 from ssl_ray.eval.knn import knn_top1
@@ -51,12 +53,15 @@ class Worker:
     step: int = 0
 
     def knn(self, encoder: torch.nn.Module, precision: str | None = None) -> float:
-        def features(name):
+        def features(name, what):
             batches = ray.train.get_dataset_shard(name).iter_torch_batches(batch_size=1024, prefetch_batches=2)
-            return extract_features(encoder, batches, self.device, precision or self.precision)
+            try:
+                return extract_features(encoder, batches, self.device, precision or self.precision)
+            except ValueError as error:  # nothing decodable: say which set, not just "no images"
+                raise RuntimeError(f"kNN monitor: {what} hold no decodable images ({error})") from None
 
-        bank, bank_labels = features("knn_bank")
-        query, query_labels = features("knn_query")
+        bank, bank_labels = features("knn_bank", "the bank's training images")
+        query, query_labels = features("knn_query", "the queries (data.val_path; is data.val_source right?)")
         e = self.config.eval
         return knn_top1(
             query, query_labels, bank, bank_labels, self.loop_config["num_classes"], e.knn_k, e.knn_temperature
@@ -193,7 +198,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     for name in ("ray.data", "ray.train"):  # per-epoch INFO lines would bury the progress bar
         logging.getLogger(name).setLevel(logging.WARNING)
     w = _start(loop_config)
-    if w.rank == 0 and w.epoch == 0 and w.config.eval.knn_at_init:
+    knn = loop_config.get("knn", True)
+    if w.rank == 0 and w.epoch == 0 and w.config.eval.knn_at_init and knn:
         _baselines(w)
     shard = ray.train.get_dataset_shard("train")
     view_keys = [f"view{i}" for i in range(loop_config["num_views"])]
@@ -201,6 +207,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     while w.epoch < w.config.train.epochs:
         metrics = _train_epoch(w, shard, view_keys)
         w.epoch += 1
-        if w.rank == 0 and (w.epoch == w.config.train.epochs or (every and w.epoch % every == 0)):
+        if w.rank == 0 and knn and (w.epoch == w.config.train.epochs or (every and w.epoch % every == 0)):
             metrics["knn_top1"] = w.knn(w.method.backbone)
+        counter = loop_config.get("skip_counter")
+        if w.rank == 0 and counter is not None:
+            # Every worker has finished the epoch (the loss all-reduce waits for all), so every
+            # file of it has been decoded: these are the epoch's skips, per reason.
+            skipped = ray.get(counter.take.remote())
+            metrics.update({f"skipped_{reason}": float(skipped.get(reason, 0)) for reason in SKIP_REASONS})
         _report(w, metrics)

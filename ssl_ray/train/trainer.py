@@ -16,13 +16,14 @@ from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from ssl_ray.config import PipelineConfig
-from ssl_ray.data.sources import build_pretrain_data
+from ssl_ray.data.skips import SkipCounter
+from ssl_ray.data.sources import build_pretrain_data, check_data_locations
 from ssl_ray.tracking.mlflow_run import RunTracker, resolve_tracking_uri
 from ssl_ray.tracking.plots import plot_curves
 from ssl_ray.train.checkpoint import encoder_state, load_state
 from ssl_ray.train.loop import train_loop_per_worker
 from ssl_ray.train.progress import ProgressBoard, ProgressPrinter
-from ssl_ray.train.storage import fresh_run_name, latest_run_name, normalise_storage_path
+from ssl_ray.train.storage import RunStorage, fresh_run_name, latest_run_name
 
 
 @dataclass(frozen=True)
@@ -51,11 +52,13 @@ def _use_gpu(config: PipelineConfig) -> bool:
 def run_pretraining(config: PipelineConfig, resume: bool | str = False) -> PretrainResult:
     """``resume``: False (fresh run), True (the newest run of this config's name) or a run name."""
     tracking_uri = resolve_tracking_uri(config.tracking.tracking_uri)
-    storage_path = normalise_storage_path(config.train.storage_path)
+    runs = RunStorage.resolve(config.train.storage_path, config.storage)
+    runs.check(config.storage)
+    check_data_locations(config)  # a bad bucket or an empty prefix fails here, before Ray starts
     if resume:
-        run_name = resume if isinstance(resume, str) else latest_run_name(storage_path, config.run_prefix)
+        run_name = resume if isinstance(resume, str) else latest_run_name(runs.url, config.run_prefix, config.storage)
         if run_name is None:
-            raise ResumeError(f"nothing to resume: no run named {config.run_prefix}-* under {storage_path}")
+            raise ResumeError(f"nothing to resume: no run named {config.run_prefix}-* under {runs.url}")
         tracker = RunTracker.find(tracking_uri, config.tracking.experiment, run_name)
         if tracker is None:
             raise ResumeError(f"no MLflow run tagged with Ray run {run_name} in {tracking_uri}")
@@ -75,7 +78,8 @@ def run_pretraining(config: PipelineConfig, resume: bool | str = False) -> Pretr
     data_context = ray.data.DataContext.get_current()
     data_context.enable_progress_bars = False  # our own per-epoch bar says what matters
     data_context.print_on_execution_start = False
-    data = build_pretrain_data(config)
+    skips = SkipCounter.remote() if config.data.source != "fashion_mnist" else None
+    data = build_pretrain_data(config, counter=skips)
     if tracker is None:
         tracker = RunTracker.start(tracking_uri, config, run_name)
 
@@ -88,6 +92,8 @@ def run_pretraining(config: PipelineConfig, resume: bool | str = False) -> Pretr
             "train_size": data.train_size,
             "num_classes": data.num_classes,
             "num_views": 2,
+            "knn": data.knn_bank is not None,
+            "skip_counter": skips,
             "tracking_uri": tracking_uri,
             "mlflow_run_id": tracker.run_id,
             "progress_board": board,
@@ -99,11 +105,15 @@ def run_pretraining(config: PipelineConfig, resume: bool | str = False) -> Pretr
         ),
         run_config=RunConfig(
             name=run_name,
-            storage_path=storage_path,
+            storage_path=runs.path,
+            storage_filesystem=runs.filesystem,
             checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints),
             failure_config=FailureConfig(max_failures=2),
         ),
-        datasets={"train": data.train, "knn_bank": data.knn_bank, "knn_query": data.knn_query},
+        datasets={
+            "train": data.train,
+            **({"knn_bank": data.knn_bank, "knn_query": data.knn_query} if data.knn_bank is not None else {}),
+        },
         dataset_config=DataConfig(datasets_to_split=["train"]),
     )
     try:
@@ -117,7 +127,7 @@ def run_pretraining(config: PipelineConfig, resume: bool | str = False) -> Pretr
     loss = tracker.metric_history("loss")
     init = dict(tracker.metric_history("knn_top1_init")).get(0)
     raw = dict(tracker.metric_history("knn_top1_raw_pixels")).get(0)
-    checkpoint_path = result.checkpoint.path if result.checkpoint is not None else None
+    checkpoint_path = runs.display(result.checkpoint.path) if result.checkpoint is not None else None
     with tempfile.TemporaryDirectory() as out:
         out = Path(out)
         if result.checkpoint is not None:
