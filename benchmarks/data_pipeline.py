@@ -13,7 +13,7 @@ at 1 and 2 CPUs (Ray: ``ray.init(num_cpus=N)``; DataLoader: N workers). Every pi
 batches of 256 with two uint8 views; the consumer only counts rows. Medians of ``--repeats``
 passes after one warm-up pass.
 
-    .venv/bin/python benchmarks/data_pipeline.py [--images 2000] [--repeats 3]
+    .venv/bin/python benchmarks/data_pipeline.py [--jpeg-images 600] [--small-images 5000] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def write_images(root: Path, name: str, count: int) -> Path:
 
 def start_s3(root: Path) -> tuple[subprocess.Popen, str]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from s3server import start_moto
+    from services import start_moto
 
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
@@ -142,7 +142,8 @@ def images_per_second(make_iterator, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--jpeg-images", type=int, default=600, help="224 px JPEGs (slow: ~30/s per core)")
+    parser.add_argument("--small-images", type=int, default=5000, help="28 px Fashion-MNIST PNGs")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cpus", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
@@ -157,9 +158,13 @@ def main() -> None:
         ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
         locations = {}
         for name in DATASETS:
-            folder = write_images(work / "files", name, args.images)
+            count = args.jpeg_images if name == "jpeg-224" else args.small_images
+            folder = write_images(work / "files", name, count)
             shards = work / "shards" / name
-            prepare(str(folder), str(shards), PrepareOptions(shard_mb=16, storage=storage))
+            # Eight shards: a dataset this small in one shard would be one block, one task at a
+            # time, and a second CPU would have nothing to do (real datasets have thousands).
+            total_mb = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
+            prepare(str(folder), str(shards), PrepareOptions(shard_mb=total_mb / 8, storage=storage))
             locations[name] = (
                 folder,
                 shards,
@@ -194,7 +199,10 @@ def main() -> None:
                 print(results[-1], flush=True)
     finally:
         server.terminate()
-    print(f"\n{args.images} images per dataset, {args.repeats} passes (median), batch {BATCH}, two views each\n")
+    print(
+        f"\n{args.jpeg_images} JPEGs / {args.small_images} Fashion-MNIST images, median of {args.repeats} passes, "
+        f"batch {BATCH}, two views each\n"
+    )
     print("| dataset | CPUs | pipeline | images/s | vs DataLoader |")
     print("|---|---|---|---|---|")
     baseline = {(d, c): r for d, c, p, r in results if p == "torch-dataloader"}

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ssl_ray.config import AugmentConfig
+from ssl_ray.data.colour import RandomColourJitter
 
 
 def view_transform(config: AugmentConfig, channels: int, view: int = 0) -> nn.Module:
@@ -31,7 +32,9 @@ def view_transform(config: AugmentConfig, channels: int, view: int = 0) -> nn.Mo
     ]
     if s > 0 and config.jitter_p > 0:
         colour = (0.8 * s, 0.2 * s) if channels == 3 else (0.0, 0.0)
-        steps.append(K.ColorJitter(0.8 * s, 0.8 * s, colour[0], colour[1], p=config.jitter_p))
+        # One affine colour map per image (data/colour.py): kornia's HSV-based ColorJitter is
+        # most of the recipe's cost at 224 px (benchmarks/README.md).
+        steps.append(RandomColourJitter(0.8 * s, 0.8 * s, colour[0], colour[1], p=config.jitter_p))
     if channels == 3:
         steps.append(K.RandomGrayscale(p=0.2))
     blur_p = config.for_view("blur_p", view)
