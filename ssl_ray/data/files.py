@@ -55,17 +55,25 @@ def folder_classes(root: str, paths: list[str]) -> tuple[str, ...]:
     return tuple(sorted(tops)) if len(tops) > 1 else ()
 
 
+def folder_labels(paths: list[str], root: str, classes: tuple[str, ...]) -> np.ndarray:
+    """Each path's class index from its first folder below ``root``; -1 without classes."""
+    if not classes:
+        return np.full(len(paths), -1, dtype=np.int64)
+    prefix = root.rstrip("/") + "/"
+    index = {name: i for i, name in enumerate(classes)}
+    return np.array([index[path[len(prefix) :].split("/", 1)[0]] for path in paths], dtype=np.int64)
+
+
 def _decode_files(batch, channels, size, root, classes, counter):
     paths = [str(p) for p in batch["path"]]
     kept, images, skipped = decode_column(list(batch["bytes"]), paths, channels, size)
-    if classes:
-        prefix = root.rstrip("/") + "/"
-        index = {name: i for i, name in enumerate(classes)}
-        labels = np.array([index[paths[i][len(prefix) :].split("/", 1)[0]] for i in kept], dtype=np.int64)
-    else:
-        labels = np.full(len(kept), -1, dtype=np.int64)
-    _count(counter, len(kept), skipped)
-    return {"image": images, "label": labels, "path": np.array([paths[i] for i in kept], dtype=object)}
+    kept_paths = [paths[i] for i in kept]
+    count_skips(counter, len(kept), skipped)
+    return {
+        "image": images,
+        "label": folder_labels(kept_paths, root, classes),
+        "path": np.array(kept_paths, dtype=object),
+    }
 
 
 def _decode_rows(batch, channels, size, image_column, label_column, counter):
@@ -76,11 +84,11 @@ def _decode_rows(batch, channels, size, image_column, label_column, counter):
         labels = np.asarray(batch[label_column], dtype=np.int64)[kept]
     else:
         labels = np.full(len(kept), -1, dtype=np.int64)
-    _count(counter, len(kept), skipped)
+    count_skips(counter, len(kept), skipped)
     return {"image": images, "label": labels}
 
 
-def _count(counter, kept: int, skipped: dict[str, list[str]]) -> None:
+def count_skips(counter, kept: int, skipped: dict[str, list[str]]) -> None:
     """Waits for the counter to take the counts (a millisecond per batch), so that once a batch
     has been consumed its skips are counted: no count is still in flight when it is read."""
     if counter is not None:

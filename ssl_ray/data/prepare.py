@@ -24,9 +24,9 @@ from PIL import Image
 
 from ssl_ray.config import StorageConfig
 from ssl_ray.data import fashion_mnist
-from ssl_ray.data.decode import decode_image
+from ssl_ray.data.decode import decode_column
 from ssl_ray.data.errors import DataSourceError
-from ssl_ray.data.files import MANIFEST, folder_classes, listing
+from ssl_ray.data.files import MANIFEST, count_skips, folder_classes, folder_labels, listing
 from ssl_ray.data.objectstore import describe_failure, filesystem_for
 from ssl_ray.data.skips import SkipCounter
 
@@ -45,22 +45,14 @@ class PrepareOptions:
 
 def _check_and_label(batch, root, classes, counter):
     paths = [str(p) for p in batch["path"]]
-    index = {name: i for i, name in enumerate(classes)}
-    prefix = root.rstrip("/") + "/"
-    keep, skipped = [], {}
-    for i, (raw, path) in enumerate(zip(batch["bytes"], paths)):
-        result = decode_image(raw, 3, _CHECK_SIZE)
-        if isinstance(result, str):
-            skipped.setdefault(result, []).append(path)
-        else:
-            keep.append(i)
-    labels = [index[paths[i][len(prefix) :].split("/", 1)[0]] if classes else -1 for i in keep]
-    ray.get(counter.add.remote(len(keep), {k: len(v) for k, v in skipped.items()}, skipped))
+    keep, _, skipped = decode_column(list(batch["bytes"]), paths, 3, _CHECK_SIZE)
+    kept_paths = [paths[i] for i in keep]
+    count_skips(counter, len(keep), skipped)
     return pa.table(
         {
             "image": pa.array([batch["bytes"][i] for i in keep], type=pa.binary()),
-            "label": pa.array(labels, type=pa.int64()),
-            "path": pa.array([paths[i] for i in keep], type=pa.string()),
+            "label": pa.array(folder_labels(kept_paths, root, classes), type=pa.int64()),
+            "path": pa.array(kept_paths, type=pa.string()),
         }
     )
 
@@ -89,7 +81,7 @@ def _images(src: str, options: PrepareOptions, counter) -> tuple[ray.data.Datase
 def _fashion_mnist(src: str, options: PrepareOptions, counter) -> tuple[ray.data.Dataset, tuple[str, ...], float]:
     split = fashion_mnist.load_split(src, options.split)
     encoded = [_encode_png(image) for image in split.images]
-    ray.get(counter.add.remote(len(encoded), {}, {}))
+    count_skips(counter, len(encoded), {})
     paths = [f"fashion-mnist/{options.split}/{i:05d}.png" for i in range(len(encoded))]
     table = pa.table(
         {
