@@ -39,7 +39,7 @@ from ssl_ray.data import fashion_mnist
 from ssl_ray.data.decode import decode_image
 from ssl_ray.data.files import image_files, parquet_shards
 from ssl_ray.data.prepare import PrepareOptions, prepare
-from ssl_ray.data.sources import make_views
+from ssl_ray.data.sources import with_views
 from ssl_ray.data.views import ViewMaker
 
 BATCH = 256
@@ -85,12 +85,9 @@ def upload_tree(client, bucket: str, local: Path, prefix: str) -> str:
 
 
 def ray_pipeline(source, augment: AugmentConfig, channels: int):
-    return lambda: source.dataset.map_batches(
-        make_views,
-        fn_kwargs={"augment": augment, "channels": channels, "num_views": 2},
-        batch_size=BATCH,
-        batch_format="numpy",
-    ).iter_batches(batch_size=BATCH, batch_format="numpy")
+    """The training pipeline's own views step (``sources.with_views``)."""
+    views = with_views(source.dataset, augment, channels, 2)
+    return lambda: views.iter_batches(batch_size=BATCH, batch_format="numpy")
 
 
 class FilesDataset(torch.utils.data.Dataset):

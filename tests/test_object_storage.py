@@ -4,6 +4,7 @@ AWS would be. Local folders go through the same code."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import boto3
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import ray
 from cli import SMALL_RUN, pipeline, run_cli
@@ -27,7 +29,8 @@ from ssl_ray.data.skips import SkipCounter
 
 
 @pytest.fixture(scope="module")
-def local_ray():
+def local_ray(s3_server):
+    """Started after the S3 server, so Ray's workers inherit its credentials (the AWS chain)."""
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield
@@ -80,6 +83,18 @@ def test_image_folder_is_read_labelled_converted_and_bad_files_counted(
     assert any(path.endswith("bad-truncated.jpg") for path in summary["examples"]["truncated"])
 
 
+def test_a_file_gone_after_listing_is_counted_unreadable(tmp_path, fashion_mnist_dir, local_ray):
+    root = write_local(tmp_path / "train", fashion_mnist_folder(fashion_mnist_dir, "train", per_class=4))
+    counter = SkipCounter.remote()
+    source = image_files(str(root), StorageConfig(), channels=1, size=16, counter=counter)
+    gone = next(root.rglob("*.png"))
+    gone.unlink()  # deleted between the listing and the read, as in a live bucket
+    assert len(rows(source.dataset)["image"]) == source.size - 1
+    summary = ray.get(counter.summary.remote())
+    assert summary["skipped"] == {"unreadable": 1}
+    assert summary["examples"]["unreadable"] == [str(gone)]
+
+
 def test_prepare_into_the_bucket_then_read_the_shards(s3, s3_server, tmp_path, fashion_mnist_dir, local_ray):
     client, bucket = s3
     source = str(write_local(tmp_path / "images", folder_with_everything(fashion_mnist_dir)))
@@ -102,6 +117,22 @@ def test_prepare_into_the_bucket_then_read_the_shards(s3, s3_server, tmp_path, f
     out = rows(shards.dataset)
     assert out["image"].shape == (30, 16, 16)
     assert np.bincount(out["label"], minlength=3).tolist() == [8, 8, 14]
+    # The files were listed class by class; prepare writes them in a seeded random order, so
+    # no shard is a single class (which would make every training batch one class).
+    for key in shard_keys:
+        labels = (
+            pq.read_table(io.BytesIO(client.get_object(Bucket=bucket, Key=key)["Body"].read()))
+            .column("label")
+            .to_pylist()
+        )
+        assert len(labels) < 3 or len(set(labels)) > 1, (key, labels)
+    # One read task per shard however small the shards (the stock reader made one for all).
+    assert shards.dataset.materialize().num_blocks() >= manifest["shards"]
+    # A row limit keeps the same images whatever order the shards are read in.
+    limited = parquet_shards(config.data.path, config.data, storage, size=16, limit=12)
+    first, second = rows(limited.dataset), rows(limited.dataset)
+    assert limited.size == 12 and len(first["image"]) == 12
+    assert sorted(map(bytes, first["image"])) == sorted(map(bytes, second["image"]))
 
     with pytest.raises(DataSourceError, match="already holds Parquet shards"):
         prepare(source, f"s3://{bucket}/shards", PrepareOptions(storage=storage))

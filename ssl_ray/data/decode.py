@@ -20,7 +20,8 @@ EMPTY = "empty"  # zero bytes
 NOT_AN_IMAGE = "not_an_image"  # no image format recognised (text, HTML error page, ...)
 TRUNCATED = "truncated"  # a valid header but the data stops early
 CORRUPT = "corrupt"  # recognised but undecodable for any other reason
-SKIP_REASONS = (EMPTY, NOT_AN_IMAGE, TRUNCATED, CORRUPT)
+UNREADABLE = "unreadable"  # listed, but gone or unreadable when fetched (or a damaged shard)
+SKIP_REASONS = (EMPTY, NOT_AN_IMAGE, TRUNCATED, CORRUPT, UNREADABLE)
 
 # Decompression-bomb guard: PIL warns at ~89 Mpx and raises at twice that; we skip such
 # files as corrupt rather than let one allocate gigabytes in a worker.

@@ -1,31 +1,47 @@
 """Image files and Parquet shards, local or in object storage, as Ray Data datasets of
 decoded uint8 images and labels (the same rows ``sources.from_arrays`` gives for in-memory data).
 
-- Image files: listed once on the driver (the fail-fast check), read with
-  ``read_binary_files``; when every file sits in a sub-folder of the root, the sub-folders,
-  sorted, are the classes.
-- Parquet shards: ``read_parquet`` of the image-bytes column (and the label column if there).
+Both are read the same way: the driver lists the files once (the fail-fast check), and the
+dataset starts as that list, cut into blocks that each become one read-and-decode task:
 
-Files are decoded inside Ray Data tasks; what cannot be decoded is dropped and counted per
-reason in a ``SkipCounter`` actor, never raised.
+- image files: ``FILES_PER_TASK`` files per block, fetched with ``FETCH_THREADS`` requests in
+  flight (an object store GET is mostly latency); when every file sits in a sub-folder of the
+  root, the sub-folders, sorted, are the classes;
+- Parquet shards: one shard per block, read in slices of ``DECODE_ROWS`` rows.
+
+Why not ``read_binary_files`` / ``read_parquet``: their readers group small files into read
+tasks by bytes, so a few hundred MB of data is a single task and every other CPU idles
+(benchmarks/README.md, "Data pipeline"). A block per shard gives Ray Data one task per shard
+however small the data, and the block order is drawn afresh each epoch.
+
+What cannot be fetched or decoded is dropped and counted per reason in a ``SkipCounter``
+actor, never raised.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 import ray.data
 
 from ssl_ray.config import DataConfig, StorageConfig
-from ssl_ray.data.decode import decode_column
+from ssl_ray.data.decode import UNREADABLE, decode_column
 from ssl_ray.data.errors import DataSourceError
 from ssl_ray.data.objectstore import StoredFile, describe_failure, filesystem_for, list_files
+
+FILES_PER_TASK = 64
+FETCH_THREADS = 16
+DECODE_ROWS = 512  # rows decoded (and given views) together: per-call overheads amortised, blocks modest
 
 MANIFEST = "manifest.json"
 
@@ -64,28 +80,82 @@ def folder_labels(paths: list[str], root: str, classes: tuple[str, ...]) -> np.n
     return np.array([index[path[len(prefix) :].split("/", 1)[0]] for path in paths], dtype=np.int64)
 
 
-def _decode_files(batch, channels, size, root, classes, counter):
+def fetch(filesystem: pa.fs.FileSystem, paths: list[str]) -> list[bytes | None]:
+    """Each file's bytes, ``None`` for one that is gone or unreadable, ``FETCH_THREADS`` at a time."""
+
+    def one(path: str) -> bytes | None:
+        try:
+            with filesystem.open_input_stream(path) as stream:
+                return stream.read()
+        except OSError:
+            return None
+
+    if len(paths) == 1:
+        return [one(paths[0])]
+    with ThreadPoolExecutor(min(FETCH_THREADS, len(paths))) as pool:
+        return list(pool.map(one, paths))
+
+
+def fetch_and_decode(
+    filesystem: pa.fs.FileSystem, paths: list[str], channels: int, size: int
+) -> tuple[list[int], np.ndarray, list[bytes | None], dict[str, list[str]]]:
+    """``(indices kept, their images, every file's bytes, skipped paths per reason)``."""
+    encoded = fetch(filesystem, paths)
+    readable = [i for i, raw in enumerate(encoded) if raw is not None]
+    kept, images, skipped = decode_column([encoded[i] for i in readable], [paths[i] for i in readable], channels, size)
+    if len(readable) < len(paths):
+        skipped[UNREADABLE] = [path for path, raw in zip(paths, encoded) if raw is None]
+    return [readable[i] for i in kept], images, encoded, skipped
+
+
+def _fetch_and_decode(batch, filesystem, channels, size, counter):
     paths = [str(p) for p in batch["path"]]
-    kept, images, skipped = decode_column(list(batch["bytes"]), paths, channels, size)
-    kept_paths = [paths[i] for i in kept]
+    kept, images, _, skipped = fetch_and_decode(filesystem, paths, channels, size)
     count_skips(counter, len(kept), skipped)
     return {
         "image": images,
-        "label": folder_labels(kept_paths, root, classes),
-        "path": np.array(kept_paths, dtype=object),
+        "label": np.asarray(batch["label"], dtype=np.int64)[kept],
+        "path": np.array([paths[i] for i in kept], dtype=object),
     }
 
 
-def _decode_rows(batch, channels, size, image_column, label_column, counter):
-    encoded = list(batch[image_column])
-    paths = [str(p) for p in batch["path"]] if "path" in batch else [f"row {i}" for i in range(len(encoded))]
+def _decode_rows(records: pa.RecordBatch, shard, channels, size, image_column, label_column, counter):
+    encoded = records.column(image_column).to_pylist()
+    paths = (
+        records.column("path").to_pylist()
+        if "path" in records.schema.names
+        else [f"{shard} row {i}" for i in range(len(encoded))]
+    )
     kept, images, skipped = decode_column(encoded, paths, channels, size)
-    if label_column and label_column in batch:
-        labels = np.asarray(batch[label_column], dtype=np.int64)[kept]
+    if label_column:
+        labels = records.column(label_column).to_numpy(zero_copy_only=False).astype(np.int64)[kept]
     else:
         labels = np.full(len(kept), -1, dtype=np.int64)
     count_skips(counter, len(kept), skipped)
     return {"image": images, "label": labels}
+
+
+def _read_shards(batch, filesystem, columns, counter, **decode) -> Iterator[dict[str, np.ndarray]]:
+    """Every shard in the block, ``DECODE_ROWS`` rows at a time, up to its ``take`` rows. A shard
+    that cannot be read (or breaks off) counts its remaining rows as unreadable."""
+    for shard, take in zip(batch["shard"], batch["take"]):
+        done = 0
+        try:
+            with filesystem.open_input_file(shard) as handle:
+                for records in pq.ParquetFile(handle).iter_batches(batch_size=DECODE_ROWS, columns=columns):
+                    records = records.slice(0, take - done)
+                    done += len(records)
+                    yield _decode_rows(records, shard, counter=counter, **decode)
+                    if done >= take:
+                        break
+        except (OSError, pa.ArrowException):
+            count_skips(counter, 0, {UNREADABLE: [str(shard)] * (take - done)})
+
+
+def path_blocks(rows: list[dict], per_block: int, shuffle: bool) -> ray.data.Dataset:
+    """``rows`` (paths and what goes with them) as blocks of ``per_block``: one task each."""
+    dataset = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / per_block)))
+    return dataset.randomize_block_order() if shuffle else dataset
 
 
 def count_skips(counter, kept: int, skipped: dict[str, list[str]]) -> None:
@@ -96,17 +166,24 @@ def count_skips(counter, kept: int, skipped: dict[str, list[str]]) -> None:
 
 
 def image_files(
-    url: str, storage: StorageConfig, channels: int, size: int, limit: int | None = None, counter=None
+    url: str,
+    storage: StorageConfig,
+    channels: int,
+    size: int,
+    limit: int | None = None,
+    counter=None,
+    shuffle: bool = True,
 ) -> FileSource:
     files = listing(url, storage)[:limit]
     filesystem, root = filesystem_for(url, storage.endpoint_url, storage.region)
     paths = [f.path for f in files]
     classes = folder_classes(root, paths)
-    dataset = ray.data.read_binary_files(paths, filesystem=filesystem, include_paths=True, shuffle="files")
-    decoded = dataset.map_batches(
-        _decode_files,
-        fn_kwargs={"channels": channels, "size": size, "root": root, "classes": classes, "counter": counter},
-        batch_size=256,
+    labels = folder_labels(paths, root, classes).tolist()
+    rows = [{"path": path, "label": label} for path, label in zip(paths, labels)]
+    decoded = path_blocks(rows, FILES_PER_TASK, shuffle).map_batches(
+        _fetch_and_decode,
+        fn_kwargs={"filesystem": filesystem, "channels": channels, "size": size, "counter": counter},
+        batch_size=None,
         batch_format="numpy",
     )
     return FileSource(decoded, len(paths), classes)
@@ -125,7 +202,39 @@ def read_manifest(url: str, storage: StorageConfig) -> dict | None:
         raise DataSourceError(describe_failure(url, error)) from None
 
 
-def parquet_shards(url: str, config: DataConfig, storage: StorageConfig, size: int, counter=None) -> FileSource:
+def _shard_rows(files: list[StoredFile], filesystem) -> list[int]:
+    """Rows per shard from the footers, read concurrently (one request each)."""
+
+    def rows(path: str) -> int:
+        return pq.read_metadata(path, filesystem=filesystem).num_rows
+
+    with ThreadPoolExecutor(min(FETCH_THREADS, len(files))) as pool:
+        return list(pool.map(rows, [f.path for f in files]))
+
+
+def _label_classes(url, files, filesystem, storage, label_column) -> tuple[str, ...]:
+    classes = tuple((read_manifest(url, storage) or {}).get("classes", ()))
+    if classes:
+        return classes
+    # Shards written elsewhere: labels 0..max, named by number.
+    top = max(
+        pc.max(pq.read_table(f.path, columns=[label_column], filesystem=filesystem)[label_column]).as_py() or 0
+        for f in files
+    )
+    return tuple(str(i) for i in range(top + 1))
+
+
+def parquet_shards(
+    url: str,
+    config: DataConfig,
+    storage: StorageConfig,
+    size: int,
+    counter=None,
+    limit: int | None = None,
+    shuffle: bool = True,
+) -> FileSource:
+    """The shards under ``url``; ``limit`` keeps the first rows in listing order (the same
+    images every epoch, whatever order the shards are read in)."""
     files = [f for f in listing(url, storage) if f.path.endswith(".parquet")]
     if not files:
         raise DataSourceError(f"{url}: no .parquet files under this prefix")
@@ -137,29 +246,25 @@ def parquet_shards(url: str, config: DataConfig, storage: StorageConfig, size: i
     columns = (
         [config.image_column] + ([label_column] if label_column else []) + (["path"] if "path" in schema.names else [])
     )
-    rows = sum(pq.read_metadata(f.path, filesystem=filesystem).num_rows for f in files)
-    dataset = ray.data.read_parquet([f.path for f in files], filesystem=filesystem, columns=columns, shuffle="files")
-    if config.train_subset:
-        dataset, rows = dataset.limit(config.train_subset), min(rows, config.train_subset)
-    decoded = dataset.map_batches(
-        _decode_rows,
+    shards, budget = [], limit if limit is not None else math.inf
+    for stored, rows in zip(files, _shard_rows(files, filesystem)):
+        take = int(min(rows, budget))
+        if take > 0:
+            shards.append({"shard": stored.path, "take": take})
+        budget -= take
+    decoded = path_blocks(shards, 1, shuffle).map_batches(
+        _read_shards,
         fn_kwargs={
+            "filesystem": filesystem,
+            "columns": columns,
+            "counter": counter,
             "channels": config.channels,
             "size": size,
             "image_column": config.image_column,
             "label_column": label_column,
-            "counter": counter,
         },
-        batch_size=256,
+        batch_size=None,
         batch_format="numpy",
     )
-    classes: tuple[str, ...] = ()
-    if label_column:
-        classes = tuple((read_manifest(url, storage) or {}).get("classes", ()))
-        if not classes:  # shards written elsewhere: labels 0..max, named by number
-            top = max(
-                pc.max(pq.read_table(f.path, columns=[label_column], filesystem=filesystem)[label_column]).as_py() or 0
-                for f in files
-            )
-            classes = tuple(str(i) for i in range(top + 1))
-    return FileSource(decoded, rows, classes)
+    classes = _label_classes(url, files, filesystem, storage, label_column) if label_column else ()
+    return FileSource(decoded, sum(shard["take"] for shard in shards), classes)

@@ -24,9 +24,17 @@ from PIL import Image
 
 from ssl_ray.config import StorageConfig
 from ssl_ray.data import fashion_mnist
-from ssl_ray.data.decode import decode_column
 from ssl_ray.data.errors import DataSourceError
-from ssl_ray.data.files import MANIFEST, count_skips, folder_classes, folder_labels, listing
+from ssl_ray.data.files import (
+    FILES_PER_TASK,
+    MANIFEST,
+    count_skips,
+    fetch_and_decode,
+    folder_classes,
+    folder_labels,
+    listing,
+    path_blocks,
+)
 from ssl_ray.data.objectstore import describe_failure, filesystem_for
 from ssl_ray.data.skips import SkipCounter
 
@@ -40,19 +48,19 @@ class PrepareOptions:
     source: str = "images"  # or "fashion_mnist"
     split: str = "train"  # fashion_mnist only
     shard_mb: float = 64.0
+    seed: int = 0  # the order images are written in
     storage: StorageConfig = StorageConfig()
 
 
-def _check_and_label(batch, root, classes, counter):
+def _fetch_and_check(batch, filesystem, counter):
     paths = [str(p) for p in batch["path"]]
-    keep, _, skipped = decode_column(list(batch["bytes"]), paths, 3, _CHECK_SIZE)
-    kept_paths = [paths[i] for i in keep]
+    keep, _, encoded, skipped = fetch_and_decode(filesystem, paths, 3, _CHECK_SIZE)
     count_skips(counter, len(keep), skipped)
     return pa.table(
         {
-            "image": pa.array([batch["bytes"][i] for i in keep], type=pa.binary()),
-            "label": pa.array(folder_labels(kept_paths, root, classes), type=pa.int64()),
-            "path": pa.array(kept_paths, type=pa.string()),
+            "image": pa.array([encoded[i] for i in keep], type=pa.binary()),
+            "label": pa.array(np.asarray(batch["label"], dtype=np.int64)[keep], type=pa.int64()),
+            "path": pa.array([paths[i] for i in keep], type=pa.string()),
         }
     )
 
@@ -64,15 +72,20 @@ def _encode_png(image: np.ndarray) -> bytes:
 
 
 def _images(src: str, options: PrepareOptions, counter) -> tuple[ray.data.Dataset, tuple[str, ...], float]:
+    """The listed files in a seeded random order, so that every shard holds a random draw of
+    the images (a folder-per-class listing in order would give one class per shard) without
+    moving any image bytes through a shuffle."""
     files = listing(src, options.storage)
     filesystem, root = filesystem_for(src, options.storage.endpoint_url, options.storage.region)
     paths = [f.path for f in files]
     classes = folder_classes(root, paths)
-    dataset = ray.data.read_binary_files(paths, filesystem=filesystem, include_paths=True)
-    checked = dataset.map_batches(
-        _check_and_label,
-        fn_kwargs={"root": root, "classes": classes, "counter": counter},
-        batch_size=256,
+    labels = folder_labels(paths, root, classes)
+    order = np.random.default_rng(options.seed).permutation(len(paths))
+    rows = [{"path": paths[i], "label": int(labels[i])} for i in order]
+    checked = path_blocks(rows, FILES_PER_TASK, shuffle=False).map_batches(
+        _fetch_and_check,
+        fn_kwargs={"filesystem": filesystem, "counter": counter},
+        batch_size=None,
         batch_format="numpy",
     )
     return checked, classes, sum(f.size for f in files) / len(files)
@@ -126,6 +139,7 @@ def prepare(src: str, dst: str, options: PrepareOptions) -> dict:
     manifest = {
         "format": "ssl-ray image shards 1",
         "source": src,
+        "seed": options.seed,
         "images": summary["kept"],
         "classes": list(classes),
         "image_column": "image",

@@ -54,11 +54,14 @@ class PretrainData:
     num_classes: int
 
 
-def with_views(images: ray.data.Dataset, config: PipelineConfig, num_views: int) -> ray.data.Dataset:
+def with_views(images: ray.data.Dataset, augment, channels: int, num_views: int) -> ray.data.Dataset:
+    """Views block by block (``batch_size=None``). A row count here would also bundle the
+    blocks of the read this step fuses with, and a read's blocks are shard paths: 2,048 rows
+    would put 2,048 shards in one task and leave every other CPU idle (benchmarks/README.md)."""
     return images.map_batches(
         make_views,
-        fn_kwargs={"augment": config.augment, "channels": config.data.channels, "num_views": num_views},
-        batch_size=ROWS_PER_BLOCK,
+        fn_kwargs={"augment": augment, "channels": channels, "num_views": num_views},
+        batch_size=None,
         batch_format="numpy",
     )
 
@@ -72,7 +75,7 @@ def _fashion_mnist(config: PipelineConfig, num_views: int) -> PretrainData:
     query_size = min(len(test.images), config.eval.knn_query_size or len(test.images))
     pretrain = from_arrays(train.images[:train_size], train.labels[:train_size])
     return PretrainData(
-        train=with_views(pretrain.randomize_block_order(), config, num_views),
+        train=with_views(pretrain.randomize_block_order(), config.augment, data.channels, num_views),
         knn_bank=from_arrays(train.images[:bank_size], train.labels[:bank_size]),
         knn_query=from_arrays(test.images[:query_size], test.labels[:query_size]),
         train_size=train_size,
@@ -80,20 +83,19 @@ def _fashion_mnist(config: PipelineConfig, num_views: int) -> PretrainData:
     )
 
 
-def _read(path: str, kind: str, config: PipelineConfig, limit: int | None, counter=None) -> files.FileSource:
+def _read(
+    path: str, kind: str, config: PipelineConfig, limit: int | None, counter=None, shuffle: bool = False
+) -> files.FileSource:
     data, size = config.data, config.data.decode_size or config.augment.image_size
     if kind == "images":
-        return files.image_files(path, config.storage, data.channels, size, limit, counter)
-    source = files.parquet_shards(path, data, config.storage, size, counter)
-    if limit is not None and limit < source.size:
-        source.dataset, source.size = source.dataset.limit(limit), limit
-    return source
+        return files.image_files(path, config.storage, data.channels, size, limit, counter, shuffle)
+    return files.parquet_shards(path, data, config.storage, size, counter, limit, shuffle)
 
 
 def _from_files(config: PipelineConfig, num_views: int, counter) -> PretrainData:
     """Every location is listed here, on the driver, so a bad one fails before training."""
     data, e = config.data, config.eval
-    train = _read(data.path, data.source, config, data.train_subset, counter)
+    train = _read(data.path, data.source, config, data.train_subset, counter, shuffle=True)
     bank = query = None
     num_classes = len(train.classes)
     if data.val_path is not None:
@@ -103,7 +105,7 @@ def _from_files(config: PipelineConfig, num_views: int, counter) -> PretrainData
             # The bank: labelled training images without views (its own read; never counted).
             bank = _read(data.path, data.source, config, e.knn_bank_size)
     return PretrainData(
-        train=with_views(train.dataset.select_columns(["image", "label"]), config, num_views),
+        train=with_views(train.dataset.select_columns(["image", "label"]), config.augment, data.channels, num_views),
         knn_bank=bank.dataset.select_columns(["image", "label"]) if bank else None,
         knn_query=query.dataset.select_columns(["image", "label"]) if query else None,
         train_size=train.size,
