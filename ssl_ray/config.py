@@ -160,7 +160,10 @@ class ModelConfig(_Section):
     width: int = Field(default=64, ge=4)
     # Residual blocks per stage; None = the named ResNet's own (2,2,2,2 for ResNet-18).
     blocks: tuple[int, int, int, int] | None = None
-    # 1: the small-image stem (full resolution in the first stage); 2: half resolution.
+    # small: a 3x3 conv and no max-pool, for 28-96 px images; imagenet: torchvision's 7x7
+    # stride-2 conv and max-pool, for 224 px (a 16x cheaper first stage there).
+    stem: Literal["small", "imagenet"] = "small"
+    # The small stem's stride. 1: full resolution in the first stage; 2: half resolution.
     stem_stride: Literal[1, 2] = 1
 
 
@@ -362,9 +365,23 @@ def _read_pipeline(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return _merge(_read_pipeline(path.parent / base, (*seen, path.resolve())), raw)
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> PipelineConfig:
+def load_raw(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The pipeline file (with its bases) and the overrides, merged but not yet validated: what
+    a sweep varies, so a method's paper defaults still fill whatever a trial leaves out."""
     raw = _read_pipeline(Path(path)) if path is not None else {}
-    return config_from_dict(_merge(raw, parse_overrides(overrides or [])))
+    return _merge(raw, parse_overrides(overrides or []))
+
+
+def merge_dotted(raw: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with ``{"train.epochs": 3, ...}`` set in it (a new dict)."""
+    tree: dict[str, Any] = {}
+    for dotted, value in values.items():
+        _set_dotted(tree, dotted, value)
+    return _merge(raw, tree)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> PipelineConfig:
+    return config_from_dict(load_raw(path, overrides))
 
 
 def flatten(config: PipelineConfig) -> dict[str, Any]:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ssl_ray.nn.losses import NTXentLoss
+from ssl_ray.nn.losses import InfoNCELoss, NegativeCosineLoss, NTXentLoss
 
 
 def ntxent_by_hand(z1: np.ndarray, z2: np.ndarray, tau: float) -> float:
@@ -58,3 +58,24 @@ def test_ntxent_gradient_reaches_both_views():
     z2 = torch.randn(6, 8, requires_grad=True)
     NTXentLoss(0.2)(z1, z2).backward()
     assert z1.grad.abs().sum() > 0 and z2.grad.abs().sum() > 0
+
+
+def test_losses_are_computed_in_fp32_under_bf16_autocast():
+    """The encoder runs in bf16; the similarities and the softmax must not (in_fp32)."""
+    torch.manual_seed(0)
+    z1, z2, queue = torch.randn(64, 32), torch.randn(64, 32), torch.randn(256, 32)
+    cases = [
+        (NTXentLoss(0.1), (z1, z2), {}),
+        (InfoNCELoss(0.07), (z1, z2), {"negatives": queue}),
+        (InfoNCELoss(0.2), (z1, z2), {}),
+        (NegativeCosineLoss(), (z1, z2), {}),
+    ]
+    for loss, tensors, extra in cases:
+        exact = loss(*tensors, **extra)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            under_autocast = loss(*tensors, **extra)
+        assert under_autocast.dtype == torch.float32
+        torch.testing.assert_close(under_autocast, exact, rtol=1e-6, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what autocast alone does to a similarity
+        drift = (z1 @ z2.T).float() - z1.double() @ z2.double().T
+    assert drift.abs().max() > 1e-2  # so the check above could fail

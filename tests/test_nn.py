@@ -35,6 +35,20 @@ def test_small_image_stem_keeps_resolution():
     assert stages(torch.zeros(1, 1, 28, 28)).shape[-2:] == (28, 28)
 
 
+def test_imagenet_stem_quarters_the_resolution_and_matches_torchvision():
+    from torchvision.models import resnet50
+
+    net, dim = build_backbone("resnet50", 3, 64, stem="imagenet")
+    resnet = net[1]
+    assert resnet.conv1.kernel_size == (7, 7) and resnet.conv1.stride == (2, 2)
+    stages = torch.nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
+    assert stages(torch.zeros(1, 3, 224, 224)).shape[-2:] == (56, 56)
+    # The full-width ImageNet ResNet-50 is torchvision's, less its classifier.
+    reference = resnet50()
+    count = sum(p.numel() for p in resnet.parameters())
+    assert dim == 2048 and count == sum(p.numel() for p in reference.parameters()) - 2048 * 1000 - 1000
+
+
 def test_uint8_and_unit_float_inputs_agree():
     net, _ = build_backbone("resnet18", 1, 8, (1, 1, 1, 1))
     net.eval()

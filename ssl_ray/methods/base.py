@@ -40,6 +40,7 @@ class SSLMethod(nn.Module):
             config.model.width,
             config.model.blocks,
             config.model.stem_stride,
+            config.model.stem,
         )
 
     def add_targets(self, *names: str) -> None:

@@ -44,15 +44,22 @@ class ImageInput(nn.Module):
 
 
 def build_backbone(
-    name: str, in_channels: int, width: int = 64, blocks=None, stem_stride: int = 1
+    name: str, in_channels: int, width: int = 64, blocks=None, stem_stride: int = 1, stem: str = "small"
 ) -> tuple[nn.Module, int]:
-    """Returns the encoder (images (N, C, H, W) -> pooled features (N, D)) and D."""
+    """Returns the encoder (images (N, C, H, W) -> pooled features (N, D)) and D.
+
+    ``stem="small"``: a 3x3 conv at ``stem_stride``, no max-pool (28-96 px images);
+    ``stem="imagenet"``: torchvision's own 7x7 stride-2 conv and max-pool, a quarter of the
+    resolution before the first stage (224 px images; ``stem_stride`` does not apply)."""
     if name not in _ARCHS:
         raise ValueError(f"unknown backbone {name!r}; known: {', '.join(_ARCHS)}")
     block, default_blocks = _ARCHS[name]
     net = _ScaledResNet(block, blocks or default_blocks, width)
-    net.conv1 = nn.Conv2d(in_channels, width, kernel_size=3, stride=stem_stride, padding=1, bias=False)
+    if stem == "imagenet":
+        net.conv1 = nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False)
+    else:
+        net.conv1 = nn.Conv2d(in_channels, width, kernel_size=3, stride=stem_stride, padding=1, bias=False)
+        net.maxpool = nn.Identity()
     net.bn1 = nn.BatchNorm2d(width)
-    net.maxpool = nn.Identity()
     net.fc = nn.Identity()
     return nn.Sequential(ImageInput(), net), 8 * width * block.expansion

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ssl_ray.nn.distributed import gather_no_grad, gather_with_grad, rank
+
+
+def in_fp32(forward):
+    """Run a loss outside autocast, on fp32 inputs. Under bf16 autocast a similarity matmul
+    would run in bf16 (8 bits of mantissa) even on fp32 inputs, and logits divided by a
+    temperature of 0.1 would carry errors of ~0.04; the encoder stays in bf16, the loss not."""
+
+    @functools.wraps(forward)
+    def wrapped(self, *tensors, **kwargs):
+        device_type = next((t.device.type for t in tensors if isinstance(t, torch.Tensor)), "cpu")
+        with torch.autocast(device_type, enabled=False):
+            return forward(self, *(t.float() if isinstance(t, torch.Tensor) else t for t in tensors), **kwargs)
+
+    return wrapped
 
 
 def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
@@ -32,9 +48,10 @@ class NTXentLoss(nn.Module):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = temperature
 
+    @in_fp32
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         _check_pair(z1, z2)
-        local = F.normalize(torch.cat([z1, z2]), dim=1).float()
+        local = F.normalize(torch.cat([z1, z2]).float(), dim=1)
         n = z1.shape[0]
         # Every worker's views as candidates: [z1 of all workers, z2 of all workers].
         all_z1 = gather_with_grad(local[:n])
@@ -69,6 +86,7 @@ class InfoNCELoss(nn.Module):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = temperature
 
+    @in_fp32
     def forward(self, q: torch.Tensor, k: torch.Tensor, negatives: torch.Tensor | None = None) -> torch.Tensor:
         _check_pair(q, k)
         q = F.normalize(q.float(), dim=1)
@@ -95,6 +113,7 @@ class NegativeCosineLoss(nn.Module):
         super().__init__()
         self.stop_gradient = stop_gradient
 
+    @in_fp32
     def forward(self, p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         _check_pair(p, z)
         z = z.detach() if self.stop_gradient else z

@@ -1,0 +1,54 @@
+"""The GPU path of every method: a few bf16-autocast steps on CUDA with channels_last weights
+and a fused optimiser, the loss finite and falling, momentum targets and queues on the device.
+Skipped without a GPU (CI has none); run on a GPU machine with ``pytest tests/test_gpu.py``."""
+
+import pytest
+import torch
+
+from ssl_ray.config import config_from_dict
+from ssl_ray.methods import METHODS, build_method
+from ssl_ray.nn.precision import autocast, resolve_precision
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def gpu_config(name, tmp_path):
+    return config_from_dict(
+        {
+            "method": {"name": name, "projection_hidden_dim": 256, "projection_dim": 64, "queue_size": 512},
+            "data": {"path": str(tmp_path), "channels": 3},
+            "augment": {"image_size": 32},
+            "model": {"width": 32, "blocks": [1, 1, 1, 1]},
+        }
+    )
+
+
+def structured_views(generator, n=128):
+    """Two noisy views of the same random images, so there is something to learn."""
+    base = torch.rand(n, 3, 32, 32, generator=generator, device="cuda")
+    views = [(base + 0.1 * torch.randn(base.shape, generator=generator, device="cuda")).clamp(0, 1) for _ in range(2)]
+    return [(255 * v).to(torch.uint8).contiguous(memory_format=torch.channels_last) for v in views]
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_method_trains_in_bf16_on_the_gpu(name, tmp_path):
+    device = torch.device("cuda")
+    assert resolve_precision("auto", device) == "bf16"
+    torch.manual_seed(0)
+    method = build_method(gpu_config(name, tmp_path)).to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.05, momentum=0.9, fused=True)
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    batches = [structured_views(generator) for _ in range(4)]
+    losses = []
+    for step in range(24):
+        with autocast("bf16", device):
+            out = method(batches[step % 4])
+        assert out["loss"].dtype == torch.float32, "losses are computed in fp32 under autocast"
+        optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        optimizer.step()
+        method.after_step(step, 24)
+        losses.append(out["loss"].item())
+    assert all(torch.isfinite(torch.tensor(losses))), losses
+    assert sum(losses[-4:]) / 4 < sum(losses[2:6]) / 4, losses
+    assert all(t.device.type == "cuda" for t in [*method.parameters(), *method.buffers()])
