@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up ssl-ray on a fresh Debian/Ubuntu machine with Python 3.11:
 #   .venv with the package and its pinned dependencies (+ test tools with --test),
-#   and Fashion-MNIST (Debian's dataset-fashion-mnist, else the dataset's own download).
+#   and Fashion-MNIST (Debian's dataset-fashion-mnist, else the dataset's own download);
+#   with --test also headless Chromium for the MLflow UI test (scripts/get_chromium.sh).
 # Safe to re-run: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,3 +30,4 @@ if [[ ! -f "$stamp" ]]; then
 fi
 
 bash scripts/get_fashion_mnist.sh
+if [[ -n "$extras" ]]; then bash scripts/get_chromium.sh; fi

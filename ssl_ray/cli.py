@@ -1,5 +1,5 @@
-"""``ssl-ray`` command line: ``ssl-ray pretrain CONFIG [section.field=value ...] [--resume]`` and
-``ssl-ray prepare SRC DST``."""
+"""``ssl-ray`` command line: ``ssl-ray pretrain CONFIG [section.field=value ...] [--resume]``,
+``ssl-ray sweep CONFIG --space SPACE [...]`` and ``ssl-ray prepare SRC DST``."""
 
 from __future__ import annotations
 
@@ -47,7 +47,9 @@ def _prepare(args: argparse.Namespace) -> int:
         storage = StorageConfig(endpoint_url=args.endpoint_url, region=args.region)
     except ValueError as error:
         raise ConfigError(f"--endpoint-url/--region: {error}") from None
-    options = PrepareOptions(source=args.source, split=args.split, shard_mb=args.shard_mb, storage=storage)
+    options = PrepareOptions(
+        source=args.source, split=args.split, shard_mb=args.shard_mb, seed=args.seed, storage=storage
+    )
     try:
         manifest = prepare(args.src, args.dst, options)
     except DataSourceError as error:
@@ -58,6 +60,62 @@ def _prepare(args: argparse.Namespace) -> int:
         f"{manifest['images']} images in {manifest['shards']} shards ({manifest['bytes'] / 2**20:.1f} MiB) "
         f"at {args.dst}; {len(manifest['classes'])} classes; skipped: {skipped}; manifest: {args.dst.rstrip('/')}/manifest.json"
     )
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from ssl_ray.config import config_from_dict, load_raw
+    from ssl_ray.tune.space import load_space
+    from ssl_ray.tune.sweep import SweepOptions, check_sweepable
+
+    overrides = list(args.overrides)
+    if args.tracking_uri:
+        overrides.append(f"tracking.tracking_uri={args.tracking_uri}")
+    raw = load_raw(args.config, overrides)
+    base = config_from_dict(raw)
+    space = load_space(args.space, raw)  # every entry checked before Ray starts
+    fields = ("num_samples", "max_concurrent", "search", "scheduler", "grace_period", "reduction_factor", "seed")
+    try:
+        options = SweepOptions(**{f: getattr(args, f) for f in fields if getattr(args, f) is not None})
+    except ValueError as error:
+        raise ConfigError(f"sweep options: {error}") from None
+    check_sweepable(base, space, options)
+
+    from ssl_ray.tracking.mlflow_run import ui_command
+    from ssl_ray.tune.sweep import run_sweep
+
+    try:
+        result = run_sweep(raw, space, options, resume=args.resume, best_config_path=args.best_config)
+    except DataSourceError as error:
+        print(f"ssl-ray: {error}", file=sys.stderr)
+        return 2
+    done = {
+        status: sum(row.status == status for row in result.trials)
+        for status in ("completed", "stopped_early", "failed")
+    }
+    print()
+    print(
+        f"Sweep {result.name}: {len(result.trials)} trials in {result.wall_s / 60:.1f} min "
+        f"({done['completed']} completed, {done['stopped_early']} stopped early by ASHA, {done['failed']} failed)"
+    )
+    for row in sorted(result.trials, key=lambda r: -(r.score or 0)):
+        score = "n/a" if row.score is None else f"{100 * row.score:.1f}%"
+        values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.values.items())
+        print(
+            f"  {row.trial_id}  {options.metric} {score:>6}  after {row.epochs}/{row.planned_epochs} epochs  {values}"
+        )
+    if result.interrupted:
+        print(f"Interrupted; continue with: ssl-ray sweep {args.config} --space {args.space} --resume {result.name}")
+        return 130
+    if result.best is None:
+        print("No trial produced a score.", file=sys.stderr)
+        return 1
+    print(
+        f"Best: {result.best.trial_id} with {options.metric} {100 * result.best.score:.1f}%; its pipeline: {result.best_config_path}"
+    )
+    print(result.best_config_path.read_text())
+    print(f"MLflow parent run: {result.parent_run_id}")
+    print(f"Open the MLflow UI:  {ui_command(result.tracking_uri, result.experiment_id, result.parent_run_id)}")
     return 0
 
 
@@ -78,6 +136,29 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
     pretrain.set_defaults(handler=_pretrain)
 
+    sweep = commands.add_parser("sweep", help="Ray Tune sweep of pretraining runs with ASHA early stopping")
+    sweep.add_argument("config", help="pipeline YAML every trial starts from")
+    sweep.add_argument("overrides", nargs="*", metavar="section.field=value", help="override any config field")
+    sweep.add_argument("--space", required=True, help="search space YAML, e.g. tune_spaces/simclr.yaml")
+    sweep.add_argument("--num-samples", type=int, help="trials to sample (times the grid's size; default 8)")
+    sweep.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as the cluster holds)")
+    sweep.add_argument("--search", choices=["random", "optuna", "hyperopt"], help="search algorithm (default random)")
+    sweep.add_argument("--scheduler", choices=["asha", "none"], help="early stopping (default asha)")
+    sweep.add_argument("--grace-period", type=int, help="epochs before ASHA may stop a trial (default 1)")
+    sweep.add_argument("--reduction-factor", type=float, help="ASHA's reduction factor (default 2)")
+    sweep.add_argument("--seed", type=int, help="seed of the search algorithm (default 0)")
+    sweep.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="SWEEP_NAME",
+        help="continue the newest sweep of this pipeline (or the named one)",
+    )
+    sweep.add_argument("--best-config", help="where to write the best trial's pipeline (default ./best-<sweep>.yaml)")
+    sweep.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    sweep.set_defaults(handler=_sweep)
+
     shards = commands.add_parser(
         "prepare", help="write a folder or bucket of images (or Fashion-MNIST) as Parquet shards"
     )
@@ -89,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     shards.add_argument("--source", choices=["images", "fashion_mnist"], default="images")
     shards.add_argument("--split", choices=["train", "test"], default="train", help="Fashion-MNIST split")
     shards.add_argument("--shard-mb", type=float, default=64.0, help="target shard size in MiB (default 64)")
+    shards.add_argument("--seed", type=int, default=0, help="seed of the random order images are written in")
     shards.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS, or $AWS_ENDPOINT_URL)")
     shards.add_argument("--region", help="S3 region")
     shards.set_defaults(handler=_prepare)

@@ -22,6 +22,15 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
+def rank_zero_decides(flag: bool, device: torch.device) -> bool:
+    """Rank 0's ``flag`` on every rank (a decision only rank 0 can make, that all must follow)."""
+    if not is_distributed():
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.broadcast(value, src=0)
+    return bool(value.item())
+
+
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate ``tensor`` from all workers along dim 0; gradients flow back to each worker."""
     if not is_distributed():

@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from ssl_ray.config import PipelineConfig, flatten
 
 RUN_NAME_TAG = "ssl_ray.run_name"
+PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
 DEFAULT_DB = "mlflow.db"
 
 
@@ -41,6 +42,12 @@ def ui_command(tracking_uri: str, experiment_id: str | None = None, run_id: str 
     )
 
 
+def experiment_id(client: MlflowClient, name: str) -> str:
+    """The experiment's id, creating it on first use."""
+    experiment = client.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment else client.create_experiment(name)
+
+
 class RunTracker:
     """One MLflow run, addressed by id."""
 
@@ -49,20 +56,34 @@ class RunTracker:
         self.run_id = run_id
 
     @classmethod
-    def start(cls, tracking_uri: str, config: PipelineConfig, ray_run_name: str) -> RunTracker:
+    def start(
+        cls,
+        tracking_uri: str,
+        config: PipelineConfig,
+        ray_run_name: str,
+        parent_run_id: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> RunTracker:
+        """A run with every config field as a param; ``parent_run_id`` nests it (a sweep's trial)."""
         client = MlflowClient(tracking_uri)
-        experiment = client.get_experiment_by_name(config.tracking.experiment)
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(config.tracking.experiment)
         run = client.create_run(
-            experiment_id,
+            experiment_id(client, config.tracking.experiment),
             run_name=ray_run_name,
-            tags={RUN_NAME_TAG: ray_run_name, "ssl_ray.method": config.method.name},
+            tags={
+                RUN_NAME_TAG: ray_run_name,
+                "ssl_ray.method": config.method.name,
+                **({PARENT_TAG: parent_run_id} if parent_run_id else {}),
+                **(tags or {}),
+            },
         )
         tracker = cls(tracking_uri, run.info.run_id)
-        params = [Param(key, str(value)) for key, value in flatten(config).items()]
-        for start in range(0, len(params), 100):
-            client.log_batch(tracker.run_id, params=params[start : start + 100])
+        tracker.log_params({key: str(value) for key, value in flatten(config).items()})
         return tracker
+
+    def log_params(self, params: dict[str, str]) -> None:
+        batch = [Param(key, value) for key, value in params.items()]
+        for start in range(0, len(batch), 100):  # MLflow's limit per call
+            self.client.log_batch(self.run_id, params=batch[start : start + 100])
 
     @classmethod
     def find(cls, tracking_uri: str, experiment_name: str, ray_run_name: str) -> RunTracker | None:

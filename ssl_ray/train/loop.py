@@ -23,7 +23,7 @@ from ssl_ray.eval.features import extract_features, pixels_as_features
 from ssl_ray.eval.knn import knn_top1
 from ssl_ray.methods import build_method
 from ssl_ray.methods.base import SSLMethod
-from ssl_ray.nn.distributed import all_reduce_mean
+from ssl_ray.nn.distributed import all_reduce_mean, rank_zero_decides
 from ssl_ray.nn.precision import autocast, resolve_precision
 from ssl_ray.nn.schedules import warmup_cosine
 from ssl_ray.tracking.mlflow_run import RunTracker
@@ -216,3 +216,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             skipped = ray.get(counter.take.remote())
             metrics.update({f"skipped_{reason}": float(skipped.get(reason, 0)) for reason in SKIP_REASONS})
         _report(w, metrics)
+        if _stopped_by_sweep(w):
+            _say(w, f"epoch {w.epoch}: stopped by the sweep's scheduler")
+            break
+
+
+def _stopped_by_sweep(w: Worker) -> bool:
+    """A sweep's trial passes an ``epoch_gate`` (``ssl_ray.tune.verdicts.VerdictGate``): rank 0
+    asks it whether the scheduler stopped the trial at the epoch just reported, and every rank
+    follows the answer."""
+    gate = w.loop_config.get("epoch_gate")
+    if gate is None:
+        return False
+    return rank_zero_decides(w.rank == 0 and gate.stop_after(w.epoch), w.device)

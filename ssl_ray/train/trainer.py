@@ -49,7 +49,20 @@ def _use_gpu(config: PipelineConfig) -> bool:
     return bool(config.train.use_gpu)
 
 
-def run_pretraining(config: PipelineConfig, resume: bool | str = False) -> PretrainResult:
+@dataclass(frozen=True)
+class SweepTrial:
+    """What a sweep's trial adds to a pretraining run: the MLflow parent it nests under, tags
+    naming the trial, and the callbacks that pass each epoch's metrics on to Ray Tune."""
+
+    parent_run_id: str
+    tags: dict[str, str]
+    callbacks: tuple = ()
+    epoch_gate: object | None = None  # asked after each epoch whether the sweep stopped the trial
+
+
+def run_pretraining(
+    config: PipelineConfig, resume: bool | str = False, trial: SweepTrial | None = None
+) -> PretrainResult:
     """``resume``: False (fresh run), True (the newest run of this config's name) or a run name."""
     tracking_uri = resolve_tracking_uri(config.tracking.tracking_uri)
     runs = RunStorage.resolve(config.train.storage_path, config.storage)
@@ -81,7 +94,13 @@ def run_pretraining(config: PipelineConfig, resume: bool | str = False) -> Pretr
     skips = SkipCounter.remote() if config.data.source != "fashion_mnist" else None
     data = build_pretrain_data(config, counter=skips)
     if tracker is None:
-        tracker = RunTracker.start(tracking_uri, config, run_name)
+        tracker = RunTracker.start(
+            tracking_uri,
+            config,
+            run_name,
+            parent_run_id=trial.parent_run_id if trial else None,
+            tags=trial.tags if trial else None,
+        )
 
     use_gpu = _use_gpu(config)
     board = ProgressBoard.remote()
@@ -97,6 +116,7 @@ def run_pretraining(config: PipelineConfig, resume: bool | str = False) -> Pretr
             "tracking_uri": tracking_uri,
             "mlflow_run_id": tracker.run_id,
             "progress_board": board,
+            "epoch_gate": trial.epoch_gate if trial else None,
         },
         scaling_config=ScalingConfig(
             num_workers=config.train.num_workers,
@@ -109,6 +129,7 @@ def run_pretraining(config: PipelineConfig, resume: bool | str = False) -> Pretr
             storage_filesystem=runs.filesystem,
             checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints),
             failure_config=FailureConfig(max_failures=2),
+            callbacks=list(trial.callbacks) if trial else None,
         ),
         datasets={
             "train": data.train,
@@ -117,7 +138,7 @@ def run_pretraining(config: PipelineConfig, resume: bool | str = False) -> Pretr
         dataset_config=DataConfig(datasets_to_split=["train"]),
     )
     try:
-        with ProgressPrinter(board, show_bar=sys.stdout.isatty()):
+        with ProgressPrinter(board, show_bar=sys.stdout.isatty() and trial is None):
             result = trainer.fit()
     except BaseException:
         tracker.end("FAILED")
@@ -140,7 +161,11 @@ def run_pretraining(config: PipelineConfig, resume: bool | str = False) -> Pretr
         baselines = {name: value for name, value in (("random init", init), ("raw pixels", raw)) if value is not None}
         plot_curves(out / "curves.png", loss, knn, baselines, run_name)
         tracker.log_artifact(out / "curves.png", "plots")
-    tracker.end("FINISHED")
+    if trial is not None and len(loss) < config.train.epochs:  # the sweep's scheduler stopped it
+        tracker.set_tag("ssl_ray.stopped_early", "true")
+        tracker.end("KILLED")
+    else:
+        tracker.end("FINISHED")
     trained = [value for step, value in knn if step > 0]
     return PretrainResult(
         ray_run_name=run_name,

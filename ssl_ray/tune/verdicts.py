@@ -1,0 +1,91 @@
+"""The scheduler's verdict on each epoch, handed to the trial's training loop.
+
+Ray Tune stops a trial by ending its actor, which reaches the Ray Train workers of a
+pretraining run only after they have trained on for a while (a short epoch can be over twice
+before the stop lands). Here the scheduler posts its verdict on every reported epoch to a
+small named actor, and the loop's rank 0 waits for the verdict on the epoch it just reported
+before starting the next: a trial ASHA stops after epoch k trains exactly k epochs, and
+closes its own MLflow run. The wait is the scheduler's reaction time, well under a second
+against epochs of minutes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import ray
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+
+VERDICT_WAIT_S = 120.0  # longer means Tune is stuck; the trial then carries on
+
+
+def board_name(sweep_name: str) -> str:
+    return f"ssl-ray-verdicts-{sweep_name}"
+
+
+@ray.remote(num_cpus=0)
+class VerdictBoard:
+    def __init__(self) -> None:
+        self.verdicts: dict[tuple[str, int], bool] = {}
+        self.posted = asyncio.Event()
+
+    async def post(self, trial_id: str, epoch: int, stop: bool) -> None:
+        self.verdicts[(trial_id, epoch)] = stop
+        self.posted.set()
+        self.posted = asyncio.Event()
+
+    async def wait(self, trial_id: str, epoch: int, timeout_s: float = VERDICT_WAIT_S) -> bool | None:
+        """True: stop; False: go on; None: no verdict within ``timeout_s``."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while (trial_id, epoch) not in self.verdicts:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return None
+            try:
+                await asyncio.wait_for(self.posted.wait(), remaining)
+            except TimeoutError:
+                return None
+        return self.verdicts[(trial_id, epoch)]
+
+
+def start_board(sweep_name: str):
+    """The sweep's board, living as long as the sweep's driver."""
+    return VerdictBoard.options(name=board_name(sweep_name), get_if_exists=True).remote()
+
+
+class _PostsVerdicts:
+    """Mixed into a scheduler: every decision on an epoch's result is posted to the board
+    (found by name, so a scheduler restored on ``--resume`` finds the new one)."""
+
+    board: str
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if "epoch" in result:
+            ray.get_actor(self.board).post.remote(trial.trial_id, int(result["epoch"]), decision == TrialScheduler.STOP)
+        return decision
+
+
+class VerdictASHA(_PostsVerdicts, ASHAScheduler):
+    def __init__(self, board: str, **asha) -> None:
+        super().__init__(**asha)
+        self.board = board
+
+
+class VerdictFIFO(_PostsVerdicts, FIFOScheduler):
+    def __init__(self, board: str) -> None:
+        super().__init__()
+        self.board = board
+
+
+@dataclass(frozen=True)
+class VerdictGate:
+    """What a trial's training loop holds: ``stop_after(epoch)`` waits for the verdict."""
+
+    board: str
+    trial_id: str
+
+    def stop_after(self, epoch: int) -> bool:
+        verdict = ray.get(ray.get_actor(self.board).wait.remote(self.trial_id, epoch))
+        return bool(verdict)  # None (no verdict in time): carry on
