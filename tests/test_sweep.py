@@ -316,3 +316,25 @@ def test_an_interrupted_sweep_resumes_without_repeating_finished_trials(tmp_path
         assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2]
     temperatures = sorted(float(run.data.params["method.temperature"]) for run in children)
     assert temperatures == [0.1, 0.2]
+
+
+def test_optuna_samples_inside_the_space_and_refuses_a_grid(base_raw):
+    """Optuna's TPE (through Ray Tune's OptunaSearch) takes the space as parsed and suggests
+    trials inside it; a grid entry is refused for it before anything starts."""
+    from ssl_ray.config import ConfigError, config_from_dict
+    from ssl_ray.tune.sweep import SweepOptions, _search_algorithm, check_sweepable
+
+    space = parse_space(
+        {"method.temperature": {"loguniform": [0.05, 0.5]}, "train.batch_size": {"choice": [128, 256]}}, base_raw
+    )
+    options = SweepOptions(search="optuna")
+    check_sweepable(config_from_dict(base_raw), space, options)
+    searcher = _search_algorithm(options, max_concurrent=1)
+    assert searcher.set_search_properties("knn_top1", "max", space.param_space())
+    for i in range(5):
+        suggestion = searcher.suggest(f"trial{i}")
+        assert 0.05 <= suggestion["method"]["temperature"] <= 0.5
+        assert suggestion["train"]["batch_size"] in (128, 256)
+    gridded = parse_space({"train.batch_size": {"grid": [128, 256]}}, base_raw)
+    with pytest.raises(ConfigError, match="grid entries need --search random"):
+        check_sweepable(config_from_dict(base_raw), gridded, options)
