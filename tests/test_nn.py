@@ -77,3 +77,13 @@ def test_warmup_cosine_shape():
     decay = values[warm:]
     assert all(a >= b for a, b in zip(decay, decay[1:]))
     assert warmup_cosine(5, 100, 0, 1.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.05)))
+
+
+def test_memory_format_is_channels_last_on_gpus_only_unless_asked():
+    from ssl_ray.nn.precision import resolve_memory_format
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert resolve_memory_format("auto", gpu) == torch.channels_last
+    assert resolve_memory_format("auto", cpu) == torch.contiguous_format
+    assert resolve_memory_format("channels_last", cpu) == torch.channels_last
+    assert resolve_memory_format("contiguous", gpu) == torch.contiguous_format

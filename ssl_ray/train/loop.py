@@ -24,7 +24,7 @@ from ssl_ray.eval.knn import knn_top1
 from ssl_ray.methods import build_method
 from ssl_ray.methods.base import SSLMethod
 from ssl_ray.nn.distributed import all_reduce_mean, rank_zero_decides
-from ssl_ray.nn.precision import autocast, resolve_precision
+from ssl_ray.nn.precision import autocast, resolve_memory_format, resolve_precision
 from ssl_ray.nn.schedules import warmup_cosine
 from ssl_ray.tracking.mlflow_run import RunTracker
 from ssl_ray.train.checkpoint import load_state, save_state
@@ -44,6 +44,7 @@ class Worker:
     loop_config: dict[str, Any]
     rank: int
     device: torch.device
+    memory_format: torch.memory_format
     precision: str
     method: SSLMethod  # the bare module: what is checkpointed and evaluated
     model: torch.nn.Module  # the same module, DDP-wrapped when there are several workers
@@ -81,6 +82,8 @@ def _start(loop_config: dict[str, Any]) -> Worker:
         with checkpoint.as_directory() as directory:
             state = load_state(directory)
         method.load_state_dict(state["model"])
+    memory_format = resolve_memory_format(config.train.memory_format, device)
+    method = method.to(memory_format=memory_format)  # before DDP, which keeps the layout
     model = ray.train.torch.prepare_model(method)  # DDP across workers; moves to device
     optimizer = build_optimizer(config.optim, method, plan.peak_lr)
     rank = ray.train.get_context().get_world_rank()
@@ -91,6 +94,7 @@ def _start(loop_config: dict[str, Any]) -> Worker:
         rank=rank,
         device=device,
         precision=resolve_precision(config.train.precision, device),
+        memory_format=memory_format,
         method=method,
         model=model,
         optimizer=optimizer,
@@ -136,7 +140,9 @@ def _train_epoch(w: Worker, shard, view_keys: list[str]) -> dict[str, float]:
         lr = warmup_cosine(w.step, plan.total_steps, plan.warmup_steps, plan.peak_lr, final_lr)
         for group in w.optimizer.param_groups:
             group["lr"] = plan.peak_lr if group.get("fixed_lr") else lr
-        views = [batch[key].to(w.device, non_blocking=True) for key in view_keys]
+        views = [
+            batch[key].to(w.device, non_blocking=True).contiguous(memory_format=w.memory_format) for key in view_keys
+        ]
         with autocast(w.precision, w.device):
             out = w.model(views)
         w.optimizer.zero_grad(set_to_none=True)
