@@ -11,10 +11,7 @@ from ssl_ray.data.errors import DataSourceError
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    overrides = list(args.overrides)
-    if args.tracking_uri:
-        overrides.append(f"tracking.tracking_uri={args.tracking_uri}")
-    config = load_config(args.config, overrides)  # validated before Ray starts
+    config = load_config(args.config, _overrides(args))  # validated before Ray starts
 
     from ssl_ray.train.trainer import ResumeError, run_pretraining  # heavy imports after validation
 
@@ -68,10 +65,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from ssl_ray.tune.space import load_space
     from ssl_ray.tune.sweep import SweepOptions, check_sweepable
 
-    overrides = list(args.overrides)
-    if args.tracking_uri:
-        overrides.append(f"tracking.tracking_uri={args.tracking_uri}")
-    raw = load_raw(args.config, overrides)
+    raw = load_raw(args.config, _overrides(args))
     base = config_from_dict(raw)
     space = load_space(args.space, raw)  # every entry checked before Ray starts
     fields = ("num_samples", "max_concurrent", "search", "scheduler", "grace_period", "reduction_factor", "seed")
@@ -119,26 +113,38 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pipeline_arguments(command: argparse.ArgumentParser, config_help: str, resume_name: str, resume_help: str) -> None:
+    """What ``pretrain`` and ``sweep`` share: the pipeline, its overrides, --resume, --tracking-uri."""
+    command.add_argument("config", help=config_help)
+    command.add_argument("overrides", nargs="*", metavar="section.field=value", help="override any config field")
+    command.add_argument("--resume", nargs="?", const=True, default=False, metavar=resume_name, help=resume_help)
+    command.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """The command line's overrides, with --tracking-uri as one more."""
+    return [*args.overrides, *([f"tracking.tracking_uri={args.tracking_uri}"] if args.tracking_uri else [])]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssl-ray", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     pretrain = commands.add_parser("pretrain", help="self-supervised pretraining on Ray Train, tracked in MLflow")
-    pretrain.add_argument("config", help="pipeline YAML, e.g. pipelines/simclr_fashion_mnist.yaml")
-    pretrain.add_argument("overrides", nargs="*", metavar="section.field=value", help="override any config field")
-    pretrain.add_argument(
-        "--resume",
-        nargs="?",
-        const=True,
-        default=False,
-        metavar="RUN_NAME",
-        help="continue the newest run of this pipeline (or the named Ray run) from its last checkpoint",
+    _pipeline_arguments(
+        pretrain,
+        "pipeline YAML, e.g. pipelines/simclr_fashion_mnist.yaml",
+        "RUN_NAME",
+        "continue the newest run of this pipeline (or the named Ray run) from its last checkpoint",
     )
-    pretrain.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
     pretrain.set_defaults(handler=_pretrain)
 
     sweep = commands.add_parser("sweep", help="Ray Tune sweep of pretraining runs with ASHA early stopping")
-    sweep.add_argument("config", help="pipeline YAML every trial starts from")
-    sweep.add_argument("overrides", nargs="*", metavar="section.field=value", help="override any config field")
+    _pipeline_arguments(
+        sweep,
+        "pipeline YAML every trial starts from",
+        "SWEEP_NAME",
+        "continue the newest sweep of this pipeline (or the named one)",
+    )
     sweep.add_argument("--space", required=True, help="search space YAML, e.g. tune_spaces/simclr.yaml")
     sweep.add_argument("--num-samples", type=int, help="trials to sample (times the grid's size; default 8)")
     sweep.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as the cluster holds)")
@@ -147,16 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--grace-period", type=int, help="epochs before ASHA may stop a trial (default 1)")
     sweep.add_argument("--reduction-factor", type=float, help="ASHA's reduction factor (default 2)")
     sweep.add_argument("--seed", type=int, help="seed of the search algorithm (default 0)")
-    sweep.add_argument(
-        "--resume",
-        nargs="?",
-        const=True,
-        default=False,
-        metavar="SWEEP_NAME",
-        help="continue the newest sweep of this pipeline (or the named one)",
-    )
     sweep.add_argument("--best-config", help="where to write the best trial's pipeline (default ./best-<sweep>.yaml)")
-    sweep.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
     sweep.set_defaults(handler=_sweep)
 
     shards = commands.add_parser(
