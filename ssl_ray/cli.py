@@ -13,6 +13,7 @@ from ssl_ray.data.errors import DataSourceError
 def _pretrain(args: argparse.Namespace) -> int:
     config = load_config(args.config, _overrides(args))  # validated before Ray starts
 
+    from ssl_ray.train.guard import NonFiniteLossError
     from ssl_ray.train.trainer import ResumeError, run_pretraining  # heavy imports after validation
 
     try:
@@ -20,6 +21,9 @@ def _pretrain(args: argparse.Namespace) -> int:
     except (ResumeError, DataSourceError) as error:
         print(f"ssl-ray: {error}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as error:
+        print(f"ssl-ray: {error}", file=sys.stderr)
+        return 1
     from ssl_ray.tracking.mlflow_run import ui_command
 
     def pct(value):

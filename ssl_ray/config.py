@@ -131,6 +131,10 @@ class AugmentConfig(_Section):
     jitter_p: float = Field(default=0.8, ge=0.0, le=1.0)
     blur_p: PerView = 0.0
     solarize_p: PerView = 0.0
+    # Where the colour part of the recipe (flip, jitter, grayscale, blur, solarize) runs:
+    # device = batched on the training device (the GPU), Ray Data only decodes and crops;
+    # ray_data = all of it in Ray Data's CPU tasks; auto = device when training on GPUs.
+    on: Literal["auto", "ray_data", "device"] = "auto"
 
     @field_validator("blur_p", "solarize_p")
     @classmethod
@@ -214,6 +218,8 @@ class OptimConfig(_Section):
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
     warmup_epochs: float = Field(default=1.0, ge=0.0)
     final_lr_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    # Clip the global gradient norm to this value before each step (None = no clipping).
+    grad_clip_norm: float | None = Field(default=None, gt=0.0)
 
 
 class TrainConfig(_Section):
@@ -229,6 +235,15 @@ class TrainConfig(_Section):
     # Weights and images in NHWC (channels_last); auto: on GPUs, where bf16 convolutions run
     # 2.2-2.5x faster in it (benchmarks/README.md, train_throughput.py); NCHW on CPUs.
     memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
+    # Synchronised BatchNorm across GPU workers (statistics over the global batch, as SimCLR,
+    # BYOL, SimSiam and MoCo v3 train); auto: on for those methods with several GPU workers.
+    # MoCo v1/v2 shuffle BN across workers instead. Needs GPUs (torch's SyncBatchNorm).
+    sync_batchnorm: bool | Literal["auto"] = "auto"
+    # torch.compile the encoders (first steps slower while it compiles; pays off on GPUs).
+    compile: bool = False
+    # A step whose loss or gradient is NaN/inf is skipped (weights and optimiser untouched);
+    # this many in a row stop the run with an error rather than train on garbage.
+    max_nonfinite_steps: int = Field(default=20, gt=0)
     seed: int = 0
     # Where Ray Train writes checkpoints: a local folder or a URI (s3://...).
     storage_path: str = "ray_results"

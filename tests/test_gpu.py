@@ -52,3 +52,46 @@ def test_method_trains_in_bf16_on_the_gpu(name, tmp_path):
     assert all(torch.isfinite(torch.tensor(losses))), losses
     assert sum(losses[-4:]) / 4 < sum(losses[2:6]) / 4, losses
     assert all(t.device.type == "cuda" for t in [*method.parameters(), *method.buffers()])
+
+
+def test_the_loops_gpu_options_together(tmp_path):
+    """What ``train.compile``, ``augment.on: device``, SyncBN conversion, the fused optimiser
+    and the non-finite guard do in the worker loop, on CUDA without Ray (one process)."""
+    from ssl_ray.data.views import DeviceViews
+    from ssl_ray.train.guard import NonFiniteGuard
+    from ssl_ray.train.optim import build_optimizer
+
+    device = torch.device("cuda")
+    config = gpu_config("byol", tmp_path)
+    config = config.model_copy(
+        update={"augment": config.augment.model_copy(update={"blur_p": (1.0, 0.1), "solarize_p": (0.0, 0.2)})}
+    )
+    torch.manual_seed(0)
+    method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(build_method(config))
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in method.modules())
+    names = list(method.state_dict())
+    method.backbone.compile()
+    method.target_backbone.compile()
+    method = method.to(device, memory_format=torch.channels_last)
+    assert list(method.state_dict()) == names, "in-place compile keeps checkpoint names"
+    optimizer = build_optimizer(config.optim, method, 0.05, fused=True)
+    assert optimizer.defaults["fused"] is True
+    views = DeviceViews(config.augment, channels=3).to(device)
+    guard = NonFiniteGuard(max_in_a_row=3)
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    crops = [structured_views(generator) for _ in range(4)]
+    losses = []
+    for step in range(20):
+        batch = [v.contiguous(memory_format=torch.channels_last) for v in views(crops[step % 4])]
+        assert batch[0].dtype == torch.float32 and batch[0].is_cuda
+        with autocast("bf16", device):
+            out = method(batch)
+        optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        assert guard.step_is_finite(out["loss"], method.parameters())
+        optimizer.step()
+        method.after_step(step, 20)
+        losses.append(out["loss"].item())
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4, losses
+    nan_loss = out["loss"].detach() * float("nan")
+    assert not guard.step_is_finite(nan_loss, method.parameters())

@@ -108,11 +108,12 @@ def test_every_method_trains_through_ray_train(tmp_path, mlflow_server, fashion_
     # A queue of 384 keys is full after 3 of the 16 steps. At this width MoCo v2's loss at its
     # own temperature (0.2) moves too little in 16 steps to tell falling from noise (5.45 ->
     # 5.44 with a 256-key queue); at 0.1 it falls clearly. 0.2 is measured in benchmarks/.
-    # BYOL also runs in channels_last (the GPU default) to cover that path on CPU.
+    # BYOL also runs in channels_last and with the colour part of its views made in the
+    # training loop (both GPU defaults) to cover those paths on CPU.
     special = {
         "moco_v1": ["method.queue_size=384"],
         "moco_v2": ["method.queue_size=384", "method.temperature=0.1"],
-        "byol": ["train.memory_format=channels_last"],
+        "byol": ["train.memory_format=channels_last", "augment.on=device"],
     }
     common = [
         *special.get(method, []),

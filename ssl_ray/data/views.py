@@ -1,11 +1,16 @@
 """View recipes: per-sample random augmentations applied to whole batches (kornia).
 
+Split in two stages so the same recipe can run wholly on CPUs inside Ray Data, or with only
+the crop there and the colour part on the GPU: ``crop_transform`` then ``colour_transform``.
+
 A recipe is a list of per-view transforms; SimCLR uses the same transform twice. Every sample
 gets its own random crop, flip, jitter and blur parameters, drawn in one batched call rather
 than image by image, so augmentation does not eat the cores that training needs.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import kornia.augmentation as K
 import numpy as np
@@ -16,20 +21,17 @@ from ssl_ray.config import AugmentConfig
 from ssl_ray.data.colour import RandomColourJitter
 
 
-def view_transform(config: AugmentConfig, channels: int, view: int = 0) -> nn.Module:
-    """SimCLR's augmentation (Chen et al. 2020, appendix A) for float images in [0, 1].
+def crop_transform(config: AugmentConfig) -> nn.Module:
+    """The geometric part that must run where images still have their own sizes: a random
+    resized crop to ``image_size`` (what Ray Data does when the rest runs on the GPU)."""
+    return K.RandomResizedCrop((config.image_size, config.image_size), scale=config.crop_scale)
 
-    Random resized crop, horizontal flip, colour jitter scaled by ``strength`` s
-    (brightness/contrast/saturation 0.8s, hue 0.2s; brightness/contrast only for grayscale),
-    then Gaussian blur and solarization with view ``view``'s probabilities (BYOL, Grill et al.
-    2020, Table 6: blur 1.0 / 0.1, solarize 0 / 0.2 for the two views).
-    """
+
+def colour_transform(config: AugmentConfig, channels: int, view: int = 0) -> nn.Module:
+    """The rest of the recipe, on same-size float images in [0, 1], on any device: flip,
+    colour jitter, grayscale, blur and solarize, each with its own random parameters per image."""
     s = config.strength
-    size = (config.image_size, config.image_size)
-    steps: list[nn.Module] = [
-        K.RandomResizedCrop(size, scale=config.crop_scale),
-        K.RandomHorizontalFlip(p=config.flip_p),
-    ]
+    steps: list[nn.Module] = [K.RandomHorizontalFlip(p=config.flip_p)]
     if s > 0 and config.jitter_p > 0:
         colour = (0.8 * s, 0.2 * s) if channels == 3 else (0.0, 0.0)
         # One affine colour map per image (data/colour.py): kornia's HSV-based ColorJitter is
@@ -49,19 +51,59 @@ def view_transform(config: AugmentConfig, channels: int, view: int = 0) -> nn.Mo
     return nn.Sequential(*steps)
 
 
+def view_transform(config: AugmentConfig, channels: int, view: int = 0) -> nn.Module:
+    """SimCLR's augmentation (Chen et al. 2020, appendix A) for float images in [0, 1].
+
+    Random resized crop, horizontal flip, colour jitter scaled by ``strength`` s
+    (brightness/contrast/saturation 0.8s, hue 0.2s; brightness/contrast only for grayscale),
+    then Gaussian blur and solarization with view ``view``'s probabilities (BYOL, Grill et al.
+    2020, Table 6: blur 1.0 / 0.1, solarize 0 / 0.2 for the two views).
+    """
+    return nn.Sequential(crop_transform(config), *colour_transform(config, channels, view))
+
+
+class DeviceViews(nn.Module):
+    """The colour part of every view's recipe, for batches already on the training device.
+
+    With ``augment.on: device`` Ray Data only decodes and crops (``ViewMaker(stage="crop")``,
+    uint8); this turns each view's uint8 batch into augmented floats in [0, 1] where the model
+    runs, drawing every image's parameters independently, in fp32.
+    """
+
+    def __init__(self, config: AugmentConfig, channels: int, num_views: int = 2) -> None:
+        super().__init__()
+        self.transforms = nn.ModuleList(colour_transform(config, channels, min(i, 1)) for i in range(num_views))
+
+    @torch.no_grad()
+    def forward(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        # Clamped as the uint8 path is: the blur's float sums can overshoot 1 by an ulp.
+        return [t(v.float().div_(255.0)).clamp_(0.0, 1.0) for t, v in zip(self.transforms, views, strict=True)]
+
+
 class ViewMaker:
     """Turns a batch of uint8 images (N, H, W) or (N, H, W, C) into ``num_views`` augmented
-    uint8 batches (N, C, S, S). Used as a Ray Data ``map_batches`` callable.
+    uint8 batches (N, C, S, S). Used as a Ray Data ``map_batches`` callable. ``stage="crop"``:
+    only each view's random crop (the training device does the rest, ``DeviceViews``).
 
     ``seed`` makes the views reproducible (same seed, same input -> same views); ``None`` draws
     fresh randomness each call, which is what training wants: new views every epoch.
     """
 
-    def __init__(self, config: AugmentConfig, channels: int, num_views: int = 2, seed: int | None = None):
+    def __init__(
+        self,
+        config: AugmentConfig,
+        channels: int,
+        num_views: int = 2,
+        seed: int | None = None,
+        stage: Literal["all", "crop"] = "all",
+    ):
         self.channels = channels
         self.num_views = num_views
         self.seed = seed
-        self.transforms = [view_transform(config, channels, min(i, 1)) for i in range(num_views)]
+        if stage == "crop":  # the rest runs on the training device (DeviceViews)
+            self.transforms = [crop_transform(config) for _ in range(num_views)]
+        else:
+            self.transforms = [view_transform(config, channels, min(i, 1)) for i in range(num_views)]
         torch.set_num_threads(1)  # Ray Data runs one of these per CPU; don't oversubscribe.
 
     def views(self, images: np.ndarray) -> list[torch.Tensor]:

@@ -30,6 +30,9 @@ class SSLMethod(nn.Module):
     fixed_lr_modules: tuple[str, ...] = ()
     # Online submodules that have an EMA copy ``target_<name>`` (set by ``add_targets``).
     target_of: tuple[str, ...] = ()
+    # Whether BatchNorm should see the global batch on several GPU workers (SyncBN, as the
+    # papers train); False where the method has its own answer (MoCo v1/v2's shuffled BN).
+    sync_batchnorm: ClassVar[bool] = True
 
     def __init__(self, config: PipelineConfig) -> None:
         super().__init__()

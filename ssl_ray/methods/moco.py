@@ -21,6 +21,8 @@ from ssl_ray.nn.queue import KeyQueue
 
 
 class _MoCoWithQueue(SSLMethod):
+    sync_batchnorm = False  # shuffling BN (Sec. 3.3) is how MoCo keeps batch statistics honest
+
     def __init__(self, config) -> None:
         super().__init__(config)
         m = config.method

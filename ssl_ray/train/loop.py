@@ -18,6 +18,7 @@ import torch
 
 from ssl_ray.config import PipelineConfig, config_from_dict
 from ssl_ray.data.decode import SKIP_REASONS
+from ssl_ray.data.views import DeviceViews
 from ssl_ray.eval.collapse import effective_rank, normalized_std
 from ssl_ray.eval.features import extract_features, pixels_as_features
 from ssl_ray.eval.knn import knn_top1
@@ -28,9 +29,12 @@ from ssl_ray.nn.precision import autocast, resolve_memory_format, resolve_precis
 from ssl_ray.nn.schedules import warmup_cosine
 from ssl_ray.tracking.mlflow_run import RunTracker
 from ssl_ray.train.checkpoint import load_state, save_state
+from ssl_ray.train.guard import NonFiniteGuard, non_finite_tensors, repair_batchnorm
 from ssl_ray.train.optim import build_optimizer
 from ssl_ray.train.plan import TrainingPlan
 
+# Reported (with the count of non-finite steps in a row) when the guard stops the run.
+STOPPED_NONFINITE = "stopped_nonfinite"
 # Collapse monitors use the embeddings of the epoch's last few batches (about 1k rows).
 MONITOR_BATCHES = 8
 
@@ -50,6 +54,8 @@ class Worker:
     model: torch.nn.Module  # the same module, DDP-wrapped when there are several workers
     optimizer: torch.optim.Optimizer
     tracker: RunTracker | None  # rank 0 only
+    guard: NonFiniteGuard
+    device_views: DeviceViews | None  # the colour part of the views, when it runs here
     epoch: int = 0
     step: int = 0
 
@@ -76,6 +82,8 @@ def _start(loop_config: dict[str, Any]) -> Worker:
     torch.manual_seed(config.train.seed)  # same init on every rank (DDP also broadcasts rank 0's)
     device = ray.train.torch.get_device()
     method = build_method(config)
+    if loop_config.get("sync_batchnorm"):
+        method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
     state = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -84,8 +92,15 @@ def _start(loop_config: dict[str, Any]) -> Worker:
         method.load_state_dict(state["model"])
     memory_format = resolve_memory_format(config.train.memory_format, device)
     method = method.to(memory_format=memory_format)  # before DDP, which keeps the layout
+    if config.train.compile:
+        # In place (nn.Module.compile): parameter names and checkpoints stay those of the
+        # uncompiled model, and DDP wraps the compiled encoders as any other module.
+        for name, child in method.named_children():
+            if name.endswith("backbone"):
+                child.compile()
     model = ray.train.torch.prepare_model(method)  # DDP across workers; moves to device
-    optimizer = build_optimizer(config.optim, method, plan.peak_lr)
+    # Fused kernels: one launch per step for all parameters instead of one per tensor.
+    optimizer = build_optimizer(config.optim, method, plan.peak_lr, fused=device.type == "cuda")
     rank = ray.train.get_context().get_world_rank()
     worker = Worker(
         config=config,
@@ -99,10 +114,20 @@ def _start(loop_config: dict[str, Any]) -> Worker:
         model=model,
         optimizer=optimizer,
         tracker=RunTracker(loop_config["tracking_uri"], loop_config["mlflow_run_id"]) if rank == 0 else None,
+        guard=NonFiniteGuard(config.train.max_nonfinite_steps, config.optim.grad_clip_norm),
+        device_views=None,
     )
+    if loop_config.get("augment_on_device"):
+        worker.device_views = DeviceViews(config.augment, config.data.channels, loop_config["num_views"]).to(device)
+        # Every rank the same weights (seeded above), but its own augmentation draws.
+        torch.manual_seed(config.train.seed + 1 + rank)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])  # moves its tensors to the params' device
         worker.epoch, worker.step = state["epoch"], state["step"]
+        if worker.tracker is not None:
+            # One point per start from a checkpoint (--resume, or Ray Train restarting after a
+            # lost worker): where the run picked up again, in the MLflow run's history.
+            worker.tracker.log_metrics({"resumed_from_epoch": worker.epoch}, step=worker.step)
     return worker
 
 
@@ -117,6 +142,8 @@ def _say(w: Worker, line: str) -> None:
 
 def _baselines(w: Worker) -> None:
     """Before any training: the random-init encoder and, as the bar to clear, raw pixels."""
+    if w.tracker.metric_history("knn_top1_init"):
+        return  # a restart before the first checkpoint: measured already, same init (seeded)
     top1 = w.knn(w.method.backbone)
     metrics = {"knn_top1": top1, "knn_top1_init": top1}
     line = f"kNN top-1 before training: random-init encoder {100 * top1:.1f}%"
@@ -131,7 +158,7 @@ def _train_epoch(w: Worker, shard, view_keys: list[str]) -> dict[str, float]:
     config, plan = w.config, w.plan
     final_lr = plan.peak_lr * config.optim.final_lr_fraction
     board = w.loop_config.get("progress_board") if w.rank == 0 else None
-    started, losses, lr = time.perf_counter(), [], 0.0
+    started, losses, lr, stopped = time.perf_counter(), [], 0.0, False
     recent: list[torch.Tensor] = []  # the epoch's last embeddings, for the collapse monitors
     batches = shard.iter_torch_batches(batch_size=plan.batch_per_worker, drop_last=True, prefetch_batches=2)
     for batch_index, batch in enumerate(batches):
@@ -140,16 +167,23 @@ def _train_epoch(w: Worker, shard, view_keys: list[str]) -> dict[str, float]:
         lr = warmup_cosine(w.step, plan.total_steps, plan.warmup_steps, plan.peak_lr, final_lr)
         for group in w.optimizer.param_groups:
             group["lr"] = plan.peak_lr if group.get("fixed_lr") else lr
-        views = [
-            batch[key].to(w.device, non_blocking=True).contiguous(memory_format=w.memory_format) for key in view_keys
-        ]
+        views = [batch[key].to(w.device, non_blocking=True) for key in view_keys]
+        if w.device_views is not None:
+            views = w.device_views(views)  # uint8 crops -> augmented floats in [0, 1]
+        views = [view.contiguous(memory_format=w.memory_format) for view in views]
         with autocast(w.precision, w.device):
             out = w.model(views)
         w.optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
+        w.step += 1  # a skipped step still uses up its batch and its place in the lr schedule
+        if not w.guard.step_is_finite(out["loss"], w.method.parameters()):
+            repair_batchnorm(w.method)
+            if w.guard.exhausted:
+                stopped = True
+                break
+            continue
         w.optimizer.step()
-        w.method.after_step(w.step, plan.total_steps)
-        w.step += 1
+        w.method.after_step(w.step - 1, plan.total_steps)
         losses.append(out["loss"].detach())
         if w.rank == 0:
             recent = [*recent[-(MONITOR_BATCHES - 1) :], out["embedding"].float()]
@@ -158,13 +192,18 @@ def _train_epoch(w: Worker, shard, view_keys: list[str]) -> dict[str, float]:
             board.post.remote({**position, "steps": plan.steps_per_epoch, "loss": out["loss"].item()})
         if w.tracker is not None and w.step % config.train.log_every_steps == 0:
             w.tracker.log_metrics({"loss_step": out["loss"].item(), "lr_step": lr}, step=w.step)
-    if not losses:
+    nonfinite = w.guard.take_skipped()
+    if stopped:
+        return {"nonfinite_steps": float(nonfinite), STOPPED_NONFINITE: float(w.guard.in_a_row)}
+    if not losses and not nonfinite:
         raise RuntimeError(f"epoch {w.epoch + 1}: the training shard gave no full batch of {plan.batch_per_worker}")
     elapsed = time.perf_counter() - started
+    mean_loss = torch.stack(losses).mean() if losses else torch.tensor(float("nan"), device=w.device)
     metrics = {
-        "loss": all_reduce_mean(torch.stack(losses).mean()).item(),
+        "loss": all_reduce_mean(mean_loss).item(),
+        "nonfinite_steps": float(nonfinite),
         "lr": lr,
-        "images_per_s": len(losses) * plan.global_batch / elapsed,
+        "images_per_s": (len(losses) + nonfinite) * plan.global_batch / elapsed,
         "epoch_time_s": elapsed,
     }
     if recent:
@@ -175,13 +214,14 @@ def _train_epoch(w: Worker, shard, view_keys: list[str]) -> dict[str, float]:
 
 
 def _report(w: Worker, metrics: dict[str, float]) -> None:
-    """Every rank reports; rank 0 adds the checkpoint and logs to MLflow."""
+    """Every rank reports; rank 0 adds the checkpoint. The driver's ``EpochMetricsLogger``
+    writes the epoch to MLflow once Ray Train has registered the checkpoint (exactly once,
+    even if a worker is lost before then and the epoch is trained again)."""
     config = w.config
     last = w.epoch == config.train.epochs
     with tempfile.TemporaryDirectory() as directory:
         checkpoint = None
         if w.tracker is not None:
-            w.tracker.log_metrics(metrics, step=w.epoch)
             knn = f", kNN top-1 {100 * metrics['knn_top1']:.1f}%" if "knn_top1" in metrics else ""
             _say(
                 w,
@@ -189,8 +229,12 @@ def _report(w: Worker, metrics: dict[str, float]) -> None:
                 f"{metrics['images_per_s']:.0f} img/s, {metrics['epoch_time_s']:.0f} s",
             )
             if last or w.epoch % config.train.checkpoint_every_epochs == 0:
+                model_state = w.method.state_dict()
+                broken = non_finite_tensors(model_state)
+                if broken:  # the guard skips bad steps, so this is a bug worth stopping for
+                    raise RuntimeError(f"epoch {w.epoch}: not checkpointing non-finite weights: {broken[:5]}")
                 state = {
-                    "model": w.method.state_dict(),
+                    "model": model_state,
                     "optimizer": w.optimizer.state_dict(),
                     "epoch": w.epoch,
                     "step": w.step,
@@ -212,6 +256,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     every = w.config.eval.knn_every_epochs
     while w.epoch < w.config.train.epochs:
         metrics = _train_epoch(w, shard, view_keys)
+        if STOPPED_NONFINITE in metrics:
+            # No checkpoint: the driver reads this report and fails the run with the reason.
+            _say(w, f"epoch {w.epoch + 1}: {w.guard.in_a_row} non-finite steps in a row, stopping")
+            ray.train.report({**metrics, "epoch": w.epoch + 1})
+            return
         w.epoch += 1
         if w.rank == 0 and knn and (w.epoch == w.config.train.epochs or (every and w.epoch % every == 0)):
             metrics["knn_top1"] = w.knn(w.method.backbone)

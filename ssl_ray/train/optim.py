@@ -23,11 +23,13 @@ def param_groups(model: nn.Module, weight_decay: float, fixed_lr_modules: tuple[
     ]
 
 
-def build_optimizer(config: OptimConfig, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+def build_optimizer(config: OptimConfig, model: nn.Module, lr: float, fused: bool = False) -> torch.optim.Optimizer:
+    """``fused``: torch's fused CUDA kernels for SGD and AdamW (parameters must be on the GPU);
+    LARS has none and ignores it."""
     groups = param_groups(model, config.weight_decay, getattr(model, "fixed_lr_modules", ()))
     if config.name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=config.momentum)
+        return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, fused=fused or None)
     if config.name == "lars":
         # timm's LARS skips the trust ratio for groups without weight decay (biases, BN).
         return Lars(groups, lr=lr, momentum=config.momentum)
-    return torch.optim.AdamW(groups, lr=lr)
+    return torch.optim.AdamW(groups, lr=lr, fused=fused or None)

@@ -15,13 +15,16 @@ import yaml
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from ssl_ray.config import PipelineConfig
+from ssl_ray.config import ConfigError, PipelineConfig
 from ssl_ray.data.skips import SkipCounter
 from ssl_ray.data.sources import build_pretrain_data, check_data_locations
+from ssl_ray.methods import METHODS
+from ssl_ray.tracking.epoch_log import EpochMetricsLogger
 from ssl_ray.tracking.mlflow_run import RunTracker, resolve_tracking_uri
 from ssl_ray.tracking.plots import plot_curves
 from ssl_ray.train.checkpoint import encoder_state, load_state
-from ssl_ray.train.loop import train_loop_per_worker
+from ssl_ray.train.guard import NonFiniteLossError
+from ssl_ray.train.loop import STOPPED_NONFINITE, train_loop_per_worker
 from ssl_ray.train.progress import ProgressBoard, ProgressPrinter
 from ssl_ray.train.storage import RunStorage, fresh_run_name, latest_run_name
 
@@ -47,6 +50,16 @@ def _use_gpu(config: PipelineConfig) -> bool:
     if config.train.use_gpu == "auto":
         return bool(ray.cluster_resources().get("GPU", 0))
     return bool(config.train.use_gpu)
+
+
+def _sync_batchnorm(config: PipelineConfig, use_gpu: bool) -> bool:
+    wanted = config.train.sync_batchnorm
+    if wanted is True and not use_gpu:
+        # torch's SyncBatchNorm runs on CUDA only; say so before any worker starts.
+        raise ConfigError("train.sync_batchnorm=true needs GPU workers (use auto or false on CPUs)")
+    if wanted == "auto":
+        return use_gpu and config.train.num_workers > 1 and METHODS[config.method.name].sync_batchnorm
+    return bool(wanted)
 
 
 @dataclass(frozen=True)
@@ -91,8 +104,11 @@ def run_pretraining(
     data_context = ray.data.DataContext.get_current()
     data_context.enable_progress_bars = False  # our own per-epoch bar says what matters
     data_context.print_on_execution_start = False
+    use_gpu = _use_gpu(config)
+    sync_batchnorm = _sync_batchnorm(config, use_gpu)
+    augment_on_device = config.augment.on == "device" or (config.augment.on == "auto" and use_gpu)
     skips = SkipCounter.remote() if config.data.source != "fashion_mnist" else None
-    data = build_pretrain_data(config, counter=skips)
+    data = build_pretrain_data(config, counter=skips, augment_on_device=augment_on_device)
     if tracker is None:
         tracker = RunTracker.start(
             tracking_uri,
@@ -102,7 +118,6 @@ def run_pretraining(
             tags=trial.tags if trial else None,
         )
 
-    use_gpu = _use_gpu(config)
     board = ProgressBoard.remote()
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -117,6 +132,8 @@ def run_pretraining(
             "mlflow_run_id": tracker.run_id,
             "progress_board": board,
             "epoch_gate": trial.epoch_gate if trial else None,
+            "sync_batchnorm": sync_batchnorm,
+            "augment_on_device": augment_on_device,
         },
         scaling_config=ScalingConfig(
             num_workers=config.train.num_workers,
@@ -129,7 +146,7 @@ def run_pretraining(
             storage_filesystem=runs.filesystem,
             checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints),
             failure_config=FailureConfig(max_failures=2),
-            callbacks=list(trial.callbacks) if trial else None,
+            callbacks=[EpochMetricsLogger(tracking_uri, tracker.run_id), *(trial.callbacks if trial else ())],
         ),
         datasets={
             "train": data.train,
@@ -143,6 +160,20 @@ def run_pretraining(
     except BaseException:
         tracker.end("FAILED")
         raise
+
+    # Ray Train's result carries the last checkpointed report; the stop has none, so read it
+    # from the run, where the epoch logger put it.
+    stopped = tracker.metric_history(STOPPED_NONFINITE)
+    if stopped:
+        epoch, in_a_row = stopped[-1][0], int(stopped[-1][1])
+        message = (
+            f"stopped in epoch {epoch}: {in_a_row} steps in a row had a NaN or infinite "
+            f"loss or gradient (train.max_nonfinite_steps={config.train.max_nonfinite_steps}); no checkpoint "
+            "was written from them. Try a lower optim.base_lr, optim.grad_clip_norm, or train.precision=fp32."
+        )
+        tracker.set_tag("ssl_ray.failure", message)
+        tracker.end("FAILED")
+        raise NonFiniteLossError(message)
 
     knn = tracker.metric_history("knn_top1")
     loss = tracker.metric_history("loss")
