@@ -40,6 +40,58 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from ssl_ray.eval.encoders import SourceError, load_encoder
+    from ssl_ray.eval.evaluate import FROZEN_PROTOCOLS, EvaluateOptions, evaluate
+    from ssl_ray.tracking.mlflow_run import resolve_tracking_uri, ui_command
+
+    tracking_uri = resolve_tracking_uri(args.tracking_uri)
+    try:
+        encoder = load_encoder(args.source, tracking_uri, args.config, args.overrides)
+    except (SourceError, DataSourceError) as error:
+        print(f"ssl-ray: {error}", file=sys.stderr)
+        return 2
+    protocols = tuple(args.protocol or FROZEN_PROTOCOLS)
+    options = EvaluateOptions(
+        protocols=protocols,
+        label_fractions=tuple(args.labels or [0.1]),
+        finetune_epochs=args.finetune_epochs,
+        baselines=not args.no_baselines,
+        diagnostics=not args.no_diagnostics,
+        train_size=args.train_size,
+        test_size=args.test_size,
+        seed=args.seed,
+    )
+    try:
+        result = evaluate(encoder, options, tracking_uri)
+    except DataSourceError as error:
+        print(f"ssl-ray: {error}", file=sys.stderr)
+        return 2
+    print()
+    print(f"Evaluation of {args.source} ({result.seconds:.0f} s), top-1 on the test images:")
+    print(result.table())
+    if result.diagnostics:
+        d = result.diagnostics
+        print(
+            f"alignment {d['alignment']:.3f}, uniformity {d['uniformity']:.3f}, "
+            f"effective rank {d['effective_rank']:.1f}  (plots under eval/diagnostics)"
+        )
+    print(f"MLflow run id:  {result.run_id}")
+    print(f"Open the MLflow UI:  {ui_command(tracking_uri, None, None)}")
+    return 0
+
+
+def _label_fraction(text: str) -> float:
+    """ "10%" -> 0.1 (a bare number is a percentage too)."""
+    try:
+        value = float(text.rstrip("%")) / 100.0
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a percentage, e.g. 10%") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a percentage in (0, 100]")
+    return value
+
+
 def _prepare(args: argparse.Namespace) -> int:
     from ssl_ray.config import StorageConfig
     from ssl_ray.data.prepare import PrepareOptions, prepare
@@ -159,6 +211,41 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--seed", type=int, help="seed of the search algorithm (default 0)")
     sweep.add_argument("--best-config", help="where to write the best trial's pipeline (default ./best-<sweep>.yaml)")
     sweep.set_defaults(handler=_sweep)
+
+    check = commands.add_parser(
+        "evaluate", help="kNN, linear probe and fine-tuning of a trained encoder, with baselines"
+    )
+    check.add_argument(
+        "source",
+        help="an MLflow run id, a registered model (models:/NAME/VERSION) or a checkpoint dir (local or s3://)",
+    )
+    check.add_argument("overrides", nargs="*", metavar="section.field=value", help="override the run's config")
+    check.add_argument(
+        "--protocol",
+        action="append",
+        choices=["knn", "linear", "finetune"],
+        help="repeat for several (default: knn and linear)",
+    )
+    check.add_argument(
+        "--labels",
+        action="append",
+        type=_label_fraction,
+        metavar="PCT%",
+        help="finetune: share of the labels, 1%%, 10%% or 100%% (repeat for several; default 10%%)",
+    )
+    check.add_argument(
+        "--finetune-epochs",
+        type=int,
+        help="finetune: epochs (default: 60 at 1%%, 30 at 10%%, the pretraining's at 100%%)",
+    )
+    check.add_argument("--config", help="pipeline YAML, for a checkpoint that holds no config")
+    check.add_argument("--train-size", type=int, help="use the first N labelled training images (default: all)")
+    check.add_argument("--test-size", type=int, help="use the first N test images (default: all)")
+    check.add_argument("--no-baselines", action="store_true", help="skip the random-init and raw-pixel baselines")
+    check.add_argument("--no-diagnostics", action="store_true", help="skip the geometry numbers and the plots")
+    check.add_argument("--seed", type=int, default=0, help="seed of the probe's held-out split and the views")
+    check.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    check.set_defaults(handler=_evaluate)
 
     shards = commands.add_parser(
         "prepare", help="write a folder or bucket of images (or Fashion-MNIST) as Parquet shards"

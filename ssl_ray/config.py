@@ -66,6 +66,10 @@ class DataConfig(_Section):
     decode_size: int | None = Field(default=None, ge=8)
     # Pretrain on the first N training images (None = all). The kNN bank stays the full set.
     train_subset: int | None = Field(default=None, gt=0)
+    # Train on a class-balanced share of the labelled training images, drawn with
+    # ``label_seed`` (the same images for the same seed): few-label fine-tuning's 1% / 10%.
+    label_fraction: float | None = Field(default=None, gt=0.0, le=1.0)
+    label_seed: int = 0
     channels: Literal[1, 3] = 1
 
     @field_validator("path")
@@ -189,6 +193,8 @@ class MethodConfig(_Section):
     # SimSiam's ablation (Chen & He 2021, Sec. 4.1, Fig. 2): false removes the stop-gradient,
     # and the representation collapses. Only SimSiam reads it.
     stop_gradient: bool = True
+    # Methods trained on labels (``supervised``): classes of the classifier; None = the data's.
+    num_classes: int | None = Field(default=None, gt=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -281,6 +287,9 @@ class TrackingConfig(_Section):
     # None: MLFLOW_TRACKING_URI if set, else a SQLite file in the working directory.
     tracking_uri: str | None = None
     experiment: str = "ssl-ray"
+    # The trained encoder is registered as a version of this MLflow model (None: "<run name
+    # prefix>-encoder"); sweep trials log no model (evaluate the best one by its run id).
+    registered_model: str | None = None
 
 
 class PipelineConfig(_Section):
@@ -388,6 +397,11 @@ def load_raw(path: str | Path | None, overrides: list[str] | None = None) -> dic
     a sweep varies, so a method's paper defaults still fill whatever a trial leaves out."""
     raw = _read_pipeline(Path(path)) if path is not None else {}
     return _merge(raw, parse_overrides(overrides or []))
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``raw`` (a pipeline as a dict) with ``section.field=value`` overrides applied (a new dict)."""
+    return _merge(raw, parse_overrides(overrides))
 
 
 def merge_dotted(raw: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,13 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def gpu_config(name, tmp_path):
     return config_from_dict(
         {
-            "method": {"name": name, "projection_hidden_dim": 256, "projection_dim": 64, "queue_size": 512},
+            "method": {
+                "name": name,
+                "projection_hidden_dim": 256,
+                "projection_dim": 64,
+                "queue_size": 512,
+                "num_classes": 4,
+            },
             "data": {"path": str(tmp_path), "channels": 3},
             "augment": {"image_size": 32},
             "model": {"width": 32, "blocks": [1, 1, 1, 1]},
@@ -41,8 +47,9 @@ def test_method_trains_in_bf16_on_the_gpu(name, tmp_path):
     batches = [structured_views(generator) for _ in range(4)]
     losses = []
     for step in range(24):
+        labels = {"labels": torch.arange(128, device=device) % 4} if method.uses_labels else {}
         with autocast("bf16", device):
-            out = method(batches[step % 4])
+            out = method(batches[step % 4], **labels)
         assert out["loss"].dtype == torch.float32, "losses are computed in fp32 under autocast"
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()

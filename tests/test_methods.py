@@ -19,7 +19,14 @@ from ssl_ray.train.optim import param_groups
 def small_config(name, tmp_path, **method):
     return config_from_dict(
         {
-            "method": {"name": name, "projection_hidden_dim": 64, "projection_dim": 32, "queue_size": 64, **method},
+            "method": {
+                "name": name,
+                "projection_hidden_dim": 64,
+                "projection_dim": 32,
+                "queue_size": 64,
+                "num_classes": 4,  # read by the label-trained methods only
+                **method,
+            },
             "data": {"path": str(tmp_path)},
             "model": {"width": 8, "blocks": [1, 1, 1, 1]},
         }
@@ -34,11 +41,17 @@ def batch_of_views(seed=0, n=32):
     return views
 
 
+def step_inputs(method, views) -> dict:
+    """What the loop passes a method: the views, and the labels if it trains on them."""
+    labels = torch.arange(views[0].shape[0]) % 4
+    return {"views": views, **({"labels": labels} if method.uses_labels else {})}
+
+
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_method_contract(name, tmp_path):
     torch.manual_seed(0)
     method = build_method(small_config(name, tmp_path))
-    out = method(batch_of_views())
+    out = method(**step_inputs(method, batch_of_views()))
     assert torch.isfinite(out["loss"])
     assert out["embedding"].ndim == 2 and out["embedding"].shape[0] == 32
     out["loss"].backward()
@@ -56,7 +69,7 @@ def test_method_loss_falls_over_a_few_steps(name, tmp_path):
     batches = [batch_of_views(seed=i) for i in range(4)]
     losses = []
     for step in range(16):
-        out = method(batches[step % 4])
+        out = method(**step_inputs(method, batches[step % 4]))
         optimizer.zero_grad()
         out["loss"].backward()
         optimizer.step()

@@ -44,8 +44,13 @@ def pretrain(tmp_path: Path, tracking_uri: str, *extra: str, method: str = "simc
     return done
 
 
+# What a GPU run does by default, exercised here on CPU workers: weights and images in
+# channels_last, and the colour part of the views made in the training loop.
+GPU_DEFAULTS = ["train.memory_format=channels_last", "augment.on=device"]
+
+
 def test_pretrain_checkpoint_resume_and_mlflow(tmp_path, mlflow_server, fashion_mnist_dir):
-    first = pretrain(tmp_path, mlflow_server, "train.epochs=1")
+    first = pretrain(tmp_path, mlflow_server, "train.epochs=1", *GPU_DEFAULTS)
     run_id = re.search(r"MLflow run id:\s+(\w+)", first.stdout).group(1)
     assert f"open {mlflow_server}/#/experiments/" in first.stdout and f"/runs/{run_id}" in first.stdout
     for row in ("raw pixels", "random-init encoder", "trained encoder"):
@@ -82,7 +87,7 @@ def test_pretrain_checkpoint_resume_and_mlflow(tmp_path, mlflow_server, fashion_
     encoder, _ = build_backbone("resnet18", 1, width=8, blocks=(1, 1, 1, 1))
     encoder.load_state_dict(weights)  # the artifact is exactly the backbone, loadable as is
 
-    second = pretrain(tmp_path, mlflow_server, "train.epochs=2", "--resume")
+    second = pretrain(tmp_path, mlflow_server, "train.epochs=2", *GPU_DEFAULTS, "--resume")
     assert re.search(r"MLflow run id:\s+(\w+)", second.stdout).group(1) == run_id
     assert len([p for p in (tmp_path / "runs").iterdir() if p.name.startswith("e2e-")]) == 1
     epochs = [m.step for m in client.get_metric_history(run_id, "loss")]
@@ -94,26 +99,29 @@ def test_pretrain_checkpoint_resume_and_mlflow(tmp_path, mlflow_server, fashion_
 
 
 def _slow_if_covered(method: str):
-    # MoCo v1 runs MoCo v2's code path (same class, queue and shuffle-BN; only the head
-    # differs, unit-tested in test_methods), which runs here with a resume: outside the
-    # default run to keep the suite in its time (``pytest -m slow`` runs it).
-    return pytest.param(method, marks=pytest.mark.slow) if method == "moco_v1" else method
+    # Kept in the default run: MoCo v2 (queue and key encoder through a resume, shuffle-BN
+    # across 2 workers). Outside it (``pytest -m slow``), to keep the suite in its time: MoCo v1
+    # (MoCo v2's class; only the head differs), and BYOL, MoCo v3 and SimSiam, whose losses,
+    # targets and predictors are unit-tested per method (test_methods: loss falls, gradients
+    # reach the online network only, EMA, stop-gradient, collapse ablation) and whose path
+    # through Ray Train is the SimCLR/MoCo v2 one (the loop does not branch on which SSL method runs).
+    covered = {"moco_v1", "byol", "moco_v3", "simsiam"}
+    return pytest.param(method, marks=pytest.mark.slow) if method in covered else method
 
 
-@pytest.mark.parametrize("method", [_slow_if_covered(m) for m in sorted(set(METHODS) - {"simclr"})])
+# SimCLR is covered below in full, and the supervised method by the evaluation's fine-tuning
+# run (tests/test_evaluate.py).
+@pytest.mark.parametrize("method", [_slow_if_covered(m) for m in sorted(set(METHODS) - {"simclr", "supervised"})])
 def test_every_method_trains_through_ray_train(tmp_path, mlflow_server, fashion_mnist_dir, method):
-    """SimCLR is covered above in full; every other method, from its own pipeline file: one
+    """Every other method, from its own pipeline file: one
     short 2-worker DDP epoch with a falling loss and its collapse monitors logged. MoCo v2
     also resumes, and its queue and key encoder must come back from the checkpoint."""
     # A queue of 384 keys is full after 3 of the 16 steps. At this width MoCo v2's loss at its
     # own temperature (0.2) moves too little in 16 steps to tell falling from noise (5.45 ->
     # 5.44 with a 256-key queue); at 0.1 it falls clearly. 0.2 is measured in benchmarks/.
-    # BYOL also runs in channels_last and with the colour part of its views made in the
-    # training loop (both GPU defaults) to cover those paths on CPU.
     special = {
         "moco_v1": ["method.queue_size=384"],
         "moco_v2": ["method.queue_size=384", "method.temperature=0.1"],
-        "byol": ["train.memory_format=channels_last", "augment.on=device"],
     }
     common = [
         *special.get(method, []),

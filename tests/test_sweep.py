@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -284,8 +285,17 @@ def test_an_interrupted_sweep_resumes_without_repeating_finished_trials(tmp_path
     )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
 
+    def experiment_created() -> bool:
+        """Read-only, without MLflow: a client opening the file while the CLI's MLflow is still
+        creating its tables would run the same schema migration concurrently and fail."""
+        try:
+            with sqlite3.connect(f"file:{tmp_path / 'mlflow.db'}?mode=ro", uri=True) as db:
+                return bool(db.execute("SELECT 1 FROM experiments WHERE name = 'sweep-resume'").fetchall())
+        except sqlite3.Error:  # no file yet, no table yet, or locked mid-migration
+            return False
+
     def finished_trials() -> list:
-        if not (tmp_path / "mlflow.db").exists():
+        if not experiment_created():
             return []
         client = MlflowClient(uri)
         experiment = client.get_experiment_by_name("sweep-resume")

@@ -38,6 +38,7 @@ from ssl_ray.config import DataConfig, StorageConfig
 from ssl_ray.data.decode import UNREADABLE, decode_column
 from ssl_ray.data.errors import DataSourceError
 from ssl_ray.data.objectstore import StoredFile, describe_failure, filesystem_for, list_files
+from ssl_ray.data.subsets import balanced_subset
 
 FILES_PER_TASK = 64
 FETCH_THREADS = 16
@@ -57,6 +58,7 @@ class FileSource:
     dataset: ray.data.Dataset  # image (uint8), label (int64, -1 when unknown)
     size: int  # rows before decoding (skipped files are counted as they are met)
     classes: tuple[str, ...]  # empty when the data has no labels
+    kept_paths: tuple[str, ...] = ()  # with a label subset: the files it kept
 
 
 def folder_classes(root: str, paths: list[str]) -> tuple[str, ...]:
@@ -173,12 +175,20 @@ def image_files(
     limit: int | None = None,
     counter=None,
     shuffle: bool = True,
+    label_subset: tuple[float, int] | None = None,
 ) -> FileSource:
+    """``label_subset`` (fraction, seed): a class-balanced share of the files, by folder label."""
     files = listing(url, storage)[:limit]
     filesystem, root = filesystem_for(url, storage.endpoint_url, storage.region)
     paths = [f.path for f in files]
     classes = folder_classes(root, paths)
-    labels = folder_labels(paths, root, classes).tolist()
+    labels = folder_labels(paths, root, classes)
+    if label_subset is not None:
+        if not classes:
+            raise DataSourceError(f"{url}: data.label_fraction needs labels (one sub-folder per class)")
+        kept = balanced_subset(labels, *label_subset)
+        paths, labels = [paths[i] for i in kept], labels[kept]
+    labels = labels.tolist()
     rows = [{"path": path, "label": label} for path, label in zip(paths, labels)]
     decoded = path_blocks(rows, FILES_PER_TASK, shuffle).map_batches(
         _fetch_and_decode,
@@ -186,7 +196,7 @@ def image_files(
         batch_size=None,
         batch_format="numpy",
     )
-    return FileSource(decoded, len(paths), classes)
+    return FileSource(decoded, len(paths), classes, tuple(paths) if label_subset is not None else ())
 
 
 def read_manifest(url: str, storage: StorageConfig) -> dict | None:

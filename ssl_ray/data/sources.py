@@ -15,6 +15,8 @@ from ray.data.extensions import ArrowTensorArray
 
 from ssl_ray.config import PipelineConfig
 from ssl_ray.data import fashion_mnist, files
+from ssl_ray.data.errors import DataSourceError
+from ssl_ray.data.subsets import balanced_subset
 from ssl_ray.data.views import ViewMaker
 
 ROWS_PER_BLOCK = 2048
@@ -55,6 +57,8 @@ class PretrainData:
     knn_query: ray.data.Dataset | None  # image, label: held-out images
     train_size: int
     num_classes: int
+    # With ``data.label_fraction``: which training images were kept (indices or file paths).
+    label_subset: list[str] | None = None
 
 
 def with_views(
@@ -79,29 +83,45 @@ def _fashion_mnist(config: PipelineConfig, num_views: int, stage: str) -> Pretra
     train_size = min(len(train.images), data.train_subset or len(train.images))
     bank_size = min(len(train.images), config.eval.knn_bank_size or len(train.images))
     query_size = min(len(test.images), config.eval.knn_query_size or len(test.images))
-    pretrain = from_arrays(train.images[:train_size], train.labels[:train_size])
+    kept = np.arange(train_size)
+    if data.label_fraction is not None:
+        kept = balanced_subset(train.labels[:train_size], data.label_fraction, data.label_seed)
+    pretrain = from_arrays(train.images[kept], train.labels[kept])
     return PretrainData(
         train=with_views(pretrain.randomize_block_order(), config.augment, data.channels, num_views, stage),
         knn_bank=from_arrays(train.images[:bank_size], train.labels[:bank_size]),
         knn_query=from_arrays(test.images[:query_size], test.labels[:query_size]),
-        train_size=train_size,
+        train_size=len(kept),
         num_classes=len(fashion_mnist.CLASSES),
+        label_subset=[str(i) for i in kept] if data.label_fraction is not None else None,
     )
 
 
 def _read(
-    path: str, kind: str, config: PipelineConfig, limit: int | None, counter=None, shuffle: bool = False
+    path: str,
+    kind: str,
+    config: PipelineConfig,
+    limit: int | None,
+    counter=None,
+    shuffle: bool = False,
+    label_subset: tuple[float, int] | None = None,
 ) -> files.FileSource:
+    if label_subset is not None and kind != "images":
+        raise DataSourceError(
+            f"{path}: data.label_fraction needs loose images in class folders (or Fashion-MNIST); "
+            "for shards, prepare the subset's folder as shards of its own"
+        )
     data, size = config.data, config.data.decode_size or config.augment.image_size
     if kind == "images":
-        return files.image_files(path, config.storage, data.channels, size, limit, counter, shuffle)
+        return files.image_files(path, config.storage, data.channels, size, limit, counter, shuffle, label_subset)
     return files.parquet_shards(path, data, config.storage, size, counter, limit, shuffle)
 
 
 def _from_files(config: PipelineConfig, num_views: int, counter, stage: str) -> PretrainData:
     """Every location is listed here, on the driver, so a bad one fails before training."""
     data, e = config.data, config.eval
-    train = _read(data.path, data.source, config, data.train_subset, counter, shuffle=True)
+    subset = (data.label_fraction, data.label_seed) if data.label_fraction is not None else None
+    train = _read(data.path, data.source, config, data.train_subset, counter, shuffle=True, label_subset=subset)
     bank = query = None
     num_classes = len(train.classes)
     if data.val_path is not None:
@@ -118,6 +138,7 @@ def _from_files(config: PipelineConfig, num_views: int, counter, stage: str) -> 
         knn_query=query.dataset.select_columns(["image", "label"]) if query else None,
         train_size=train.size,
         num_classes=num_classes,
+        label_subset=list(train.kept_paths) if subset is not None else None,
     )
 
 
@@ -141,3 +162,39 @@ def build_pretrain_data(
     if config.data.source == "fashion_mnist":
         return _fashion_mnist(config, num_views, stage)
     return _from_files(config, num_views, counter, stage)
+
+
+@dataclass
+class EvalData:
+    train: ray.data.Dataset  # image, label: labelled training images (probe fit, kNN bank)
+    test: ray.data.Dataset  # image, label: held-out images (what is reported)
+    num_classes: int
+
+
+def build_eval_data(config: PipelineConfig, train_size: int | None = None, test_size: int | None = None) -> EvalData:
+    """The labelled images the evaluation protocols need: the training set (the first
+    ``train_size``) and the test set (``data.val_path``; the first ``test_size``)."""
+    data = config.data
+    if data.source == "fashion_mnist":
+        train = fashion_mnist.load_split(data.path, "train")
+        test = fashion_mnist.load_split(data.path, "test")
+        n, m = train_size or len(train.images), test_size or len(test.images)
+        return EvalData(
+            train=from_arrays(train.images[:n], train.labels[:n]),
+            test=from_arrays(test.images[:m], test.labels[:m]),
+            num_classes=len(fashion_mnist.CLASSES),
+        )
+    if data.val_path is None:
+        raise DataSourceError("evaluation needs a labelled test set: set data.val_path")
+    train = _read(data.path, data.source, config, train_size)
+    test = _read(data.val_path, data.val_source or data.source, config, test_size)
+    num_classes = max(len(train.classes), len(test.classes))
+    if not num_classes:
+        raise DataSourceError(
+            f"{data.path}: no labels to evaluate with (one sub-folder per class, or a label column in the shards)"
+        )
+    return EvalData(
+        train=train.dataset.select_columns(["image", "label"]),
+        test=test.dataset.select_columns(["image", "label"]),
+        num_classes=num_classes,
+    )

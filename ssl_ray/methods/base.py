@@ -33,6 +33,9 @@ class SSLMethod(nn.Module):
     # Whether BatchNorm should see the global batch on several GPU workers (SyncBN, as the
     # papers train); False where the method has its own answer (MoCo v1/v2's shuffled BN).
     sync_batchnorm: ClassVar[bool] = True
+    # Whether ``forward`` takes the batch's labels (``forward(views, labels)``): supervised
+    # training and fine-tuning; the data source must then have labels.
+    uses_labels: ClassVar[bool] = False
 
     def __init__(self, config: PipelineConfig) -> None:
         super().__init__()

@@ -74,6 +74,24 @@ class Worker:
             query, query_labels, bank, bank_labels, self.loop_config["num_classes"], e.knn_k, e.knn_temperature
         )
 
+    def classifier_top1(self) -> float:
+        """Top-1 of a label-trained method's own classifier on the held-out images."""
+        batches = ray.train.get_dataset_shard("knn_query").iter_torch_batches(batch_size=1024, prefetch_batches=2)
+        classify = _Classifier(self.method)
+        logits, labels = extract_features(classify, batches, self.device, self.precision)
+        return (logits.argmax(dim=1) == labels).float().mean().item()
+
+
+class _Classifier(torch.nn.Module):
+    """A label-trained method's images -> logits, in the shape ``extract_features`` runs."""
+
+    def __init__(self, method: SSLMethod) -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.method.logits(images)
+
 
 def _start(loop_config: dict[str, Any]) -> Worker:
     config = config_from_dict(loop_config["config"])
@@ -121,6 +139,10 @@ def _start(loop_config: dict[str, Any]) -> Worker:
         worker.device_views = DeviceViews(config.augment, config.data.channels, loop_config["num_views"]).to(device)
         # Every rank the same weights (seeded above), but its own augmentation draws.
         torch.manual_seed(config.train.seed + 1 + rank)
+    if state is None and loop_config.get("init_backbone") is not None:
+        # Fine-tuning: the pretrained encoder is where training starts (a restart or a
+        # --resume takes the checkpoint's weights instead).
+        method.backbone.load_state_dict(loop_config["init_backbone"])
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])  # moves its tensors to the params' device
         worker.epoch, worker.step = state["epoch"], state["step"]
@@ -171,8 +193,9 @@ def _train_epoch(w: Worker, shard, view_keys: list[str]) -> dict[str, float]:
         if w.device_views is not None:
             views = w.device_views(views)  # uint8 crops -> augmented floats in [0, 1]
         views = [view.contiguous(memory_format=w.memory_format) for view in views]
+        labels = {"labels": batch["label"].to(w.device, non_blocking=True)} if w.method.uses_labels else {}
         with autocast(w.precision, w.device):
-            out = w.model(views)
+            out = w.model(views, **labels)
         w.optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         w.step += 1  # a skipped step still uses up its batch and its place in the lr schedule
@@ -238,6 +261,7 @@ def _report(w: Worker, metrics: dict[str, float]) -> None:
                     "optimizer": w.optimizer.state_dict(),
                     "epoch": w.epoch,
                     "step": w.step,
+                    "config": w.loop_config["config"],  # what built it: evaluate needs no --config
                 }
                 save_state(directory, state)
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
@@ -264,6 +288,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         w.epoch += 1
         if w.rank == 0 and knn and (w.epoch == w.config.train.epochs or (every and w.epoch % every == 0)):
             metrics["knn_top1"] = w.knn(w.method.backbone)
+            if w.method.uses_labels:
+                metrics["test_top1"] = w.classifier_top1()
         counter = loop_config.get("skip_counter")
         if w.rank == 0 and counter is not None:
             # Every worker has finished the epoch (the loss all-reduce waits for all), so every

@@ -8,6 +8,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import ray
 import ray.data
 import torch
@@ -19,8 +20,10 @@ from ssl_ray.config import ConfigError, PipelineConfig
 from ssl_ray.data.skips import SkipCounter
 from ssl_ray.data.sources import build_pretrain_data, check_data_locations
 from ssl_ray.methods import METHODS
+from ssl_ray.nn.backbones import build_backbone
 from ssl_ray.tracking.epoch_log import EpochMetricsLogger
 from ssl_ray.tracking.mlflow_run import RunTracker, resolve_tracking_uri
+from ssl_ray.tracking.model import log_encoder_model
 from ssl_ray.tracking.plots import plot_curves
 from ssl_ray.train.checkpoint import encoder_state, load_state
 from ssl_ray.train.guard import NonFiniteLossError
@@ -40,6 +43,7 @@ class PretrainResult:
     knn_top1: float | None
     epochs_done: int
     checkpoint_path: str | None
+    test_top1: float | None = None  # label-trained methods: their classifier on the test images
 
 
 class ResumeError(RuntimeError):
@@ -50,6 +54,30 @@ def _use_gpu(config: PipelineConfig) -> bool:
     if config.train.use_gpu == "auto":
         return bool(ray.cluster_resources().get("GPU", 0))
     return bool(config.train.use_gpu)
+
+
+def _with_label_classes(config: PipelineConfig, num_classes: int) -> PipelineConfig:
+    """A label-trained method gets its class count from the data; data without labels is
+    refused before any worker starts."""
+    if not METHODS[config.method.name].uses_labels:
+        return config
+    if num_classes < 2:
+        raise ConfigError(f"method {config.method.name} trains on labels, and {config.data.path} has none")
+    if config.method.num_classes is None:
+        return config.model_copy(update={"method": config.method.model_copy(update={"num_classes": num_classes})})
+    return config
+
+
+def _register_encoder(config: PipelineConfig, tracker: RunTracker, tracking_uri: str, weights: dict) -> None:
+    """The backbone as an MLflow PyTorch model, registered (``tracking.registered_model``)."""
+    m, channels, size = config.model, config.data.channels, config.augment.image_size
+    encoder, _ = build_backbone(m.backbone, channels, m.width, m.blocks, m.stem_stride, m.stem)
+    encoder.load_state_dict(weights)
+    example = np.random.default_rng(0).integers(0, 256, (2, channels, size, size), dtype=np.uint8)
+    name = config.tracking.registered_model or f"{config.run_prefix}-encoder"
+    uri = log_encoder_model(tracking_uri, tracker.run_id, encoder, example, name)
+    tracker.set_tag("ssl_ray.registered_model", name)
+    tracker.set_tag("ssl_ray.model_uri", uri)
 
 
 def _sync_batchnorm(config: PipelineConfig, use_gpu: bool) -> bool:
@@ -74,9 +102,15 @@ class SweepTrial:
 
 
 def run_pretraining(
-    config: PipelineConfig, resume: bool | str = False, trial: SweepTrial | None = None
+    config: PipelineConfig,
+    resume: bool | str = False,
+    trial: SweepTrial | None = None,
+    init_backbone: dict[str, torch.Tensor] | None = None,
+    parent_run_id: str | None = None,
 ) -> PretrainResult:
-    """``resume``: False (fresh run), True (the newest run of this config's name) or a run name."""
+    """``resume``: False (fresh run), True (the newest run of this config's name) or a run name.
+    ``init_backbone``: encoder weights to start from (fine-tuning); ``parent_run_id``: the MLflow
+    run this one nests under (an evaluation's fine-tuning runs under the pretraining's)."""
     tracking_uri = resolve_tracking_uri(config.tracking.tracking_uri)
     runs = RunStorage.resolve(config.train.storage_path, config.storage)
     runs.check(config.storage)
@@ -109,14 +143,20 @@ def run_pretraining(
     augment_on_device = config.augment.on == "device" or (config.augment.on == "auto" and use_gpu)
     skips = SkipCounter.remote() if config.data.source != "fashion_mnist" else None
     data = build_pretrain_data(config, counter=skips, augment_on_device=augment_on_device)
+    config = _with_label_classes(config, data.num_classes)
     if tracker is None:
         tracker = RunTracker.start(
             tracking_uri,
             config,
             run_name,
-            parent_run_id=trial.parent_run_id if trial else None,
+            parent_run_id=trial.parent_run_id if trial else parent_run_id,
             tags=trial.tags if trial else None,
         )
+        if data.label_subset is not None:
+            with tempfile.TemporaryDirectory() as out:
+                # Which images the few labels are: indices into the training set, or files.
+                (Path(out) / "label_subset.txt").write_text("\n".join(data.label_subset) + "\n")
+                tracker.log_artifact(Path(out) / "label_subset.txt", "labels")
 
     board = ProgressBoard.remote()
     trainer = TorchTrainer(
@@ -133,6 +173,7 @@ def run_pretraining(
             "progress_board": board,
             "epoch_gate": trial.epoch_gate if trial else None,
             "sync_batchnorm": sync_batchnorm,
+            "init_backbone": init_backbone,
             "augment_on_device": augment_on_device,
         },
         scaling_config=ScalingConfig(
@@ -185,8 +226,11 @@ def run_pretraining(
         if result.checkpoint is not None:
             tracker.set_tag("ssl_ray.checkpoint", checkpoint_path)
             with result.checkpoint.as_directory() as directory:
-                torch.save(encoder_state(load_state(directory)), out / "encoder.pt")
+                weights = encoder_state(load_state(directory))
+            torch.save(weights, out / "encoder.pt")
             tracker.log_artifact(out / "encoder.pt", "encoder")
+            if trial is None and parent_run_id is None:  # not for sweep trials and evaluations' runs
+                _register_encoder(config, tracker, tracking_uri, weights)
         (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
         tracker.log_artifact(out / "config.yaml")
         baselines = {name: value for name, value in (("random init", init), ("raw pixels", raw)) if value is not None}
@@ -208,4 +252,5 @@ def run_pretraining(
         knn_top1=trained[-1] if trained else None,
         epochs_done=len(loss),
         checkpoint_path=checkpoint_path,
+        test_top1=tracker.metric_history("test_top1")[-1][1] if tracker.metric_history("test_top1") else None,
     )

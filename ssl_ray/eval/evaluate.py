@@ -1,0 +1,220 @@
+"""``ssl-ray evaluate``: the field's protocols on a trained encoder, beside the baselines, with
+diagnostics, into MLflow.
+
+Features of the labelled training and test sets are extracted once per encoder (Ray Data
+batch inference, ``inference.py``) and every frozen-feature protocol reuses them: kNN at
+k = 10, 20, 200 (the monitor's weighted vote) and the linear probe (``probe.py``). The same
+code path measures the baselines: the random-init encoder (the pretraining's own seeded
+start) and raw pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import ray
+import torch
+
+from ssl_ray.data import fashion_mnist
+from ssl_ray.data.sources import EvalData, build_eval_data
+from ssl_ray.data.views import ViewMaker
+from ssl_ray.eval import diagnostics
+from ssl_ray.eval.collapse import effective_rank
+from ssl_ray.eval.encoders import TrainedEncoder
+from ssl_ray.eval.features import as_nchw
+from ssl_ray.eval.finetune import finetune, label_tag
+from ssl_ray.eval.geometry import alignment, singular_spectrum, uniformity
+from ssl_ray.eval.inference import EncoderSpec, embed
+from ssl_ray.eval.knn import knn_top1
+from ssl_ray.eval.probe import linear_probe
+from ssl_ray.tracking.mlflow_run import RunTracker
+
+KNN_KS = (10, 20, 200)
+FROZEN_PROTOCOLS = ("knn", "linear")
+# Test images the pictures and the geometry use (t-SNE and all-pairs uniformity grow as N^2).
+DIAGNOSTIC_SAMPLE = 2000
+PREFIX = "eval"
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    protocols: tuple[str, ...] = FROZEN_PROTOCOLS
+    label_fractions: tuple[float, ...] = (0.1,)  # for "finetune"
+    finetune_epochs: int | None = None  # None: 60 at 1%, 30 at 10%, the pretraining's at 100%
+    baselines: bool = True
+    diagnostics: bool = True
+    train_size: int | None = None  # the first N labelled training images (None: all)
+    test_size: int | None = None
+    seed: int = 0
+
+
+@dataclass
+class EncoderResult:
+    name: str  # "trained encoder", "random-init encoder", "raw pixels"
+    scope: str  # its metrics' prefix in MLflow: "eval", "eval/random_init", "eval/raw_pixels"
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Evaluation:
+    results: list[EncoderResult]
+    run_id: str
+    tracking_uri: str
+    diagnostics: dict[str, float]
+    seconds: float
+
+    def table(self) -> str:
+        columns = [f"knn_top1_k{k}" for k in KNN_KS] + ["linear_top1", "linear_top5"]
+        columns += sorted({c for r in self.results for c in r.metrics if c.startswith("finetune_top1_")})
+        present = [c for c in columns if any(c in r.metrics for r in self.results)]
+        headers = {
+            c: c.replace("knn_top1_", "kNN ").replace("linear_", "linear ").replace("finetune_top1_", "tuned ")
+            for c in present
+        }
+        lines = [f"{'':22}" + "".join(f"{headers[c]:>14}" for c in present)]
+        for r in self.results:
+            cells = "".join(f"{100 * r.metrics[c]:>13.1f}%" if c in r.metrics else f"{'-':>14}" for c in present)
+            lines.append(f"{r.name:22}{cells}")
+        return "\n".join(lines)
+
+
+def _frozen_protocols(
+    result: EncoderResult,
+    spec: EncoderSpec,
+    data: EvalData,
+    options: EvaluateOptions,
+    config,
+    use_gpu: bool,
+    actors: int,
+) -> np.ndarray:
+    features = embed({"train": data.train, "test": data.test}, spec, use_gpu, actors)
+    (train_x, train_y), (test_x, test_y) = features["train"], features["test"]
+    if "knn" in options.protocols:
+        bank, bank_labels = torch.from_numpy(train_x), torch.from_numpy(train_y)
+        query, query_labels = torch.from_numpy(test_x), torch.from_numpy(test_y)
+        for k in KNN_KS:
+            result.metrics[f"knn_top1_k{k}"] = knn_top1(
+                query, query_labels, bank, bank_labels, data.num_classes, k, config.eval.knn_temperature
+            )
+    if "linear" in options.protocols:
+        probe = linear_probe(train_x, train_y, test_x, test_y, seed=options.seed)
+        result.metrics.update(
+            linear_top1=probe.top1,
+            linear_top5=probe.top5,
+            linear_weight_decay=probe.weight_decay,
+            linear_converged=float(probe.converged),
+        )
+    return test_x
+
+
+def _diagnostics(
+    encoder: TrainedEncoder, data: EvalData, test_features: np.ndarray, out: Path, seed: int
+) -> dict[str, float]:
+    """Geometry numbers and pictures from the trained encoder, on a sample of test images."""
+    config = encoder.config
+    sample = data.test.limit(DIAGNOSTIC_SAMPLE).take_batch(DIAGNOSTIC_SAMPLE, batch_format="numpy")
+    images, labels = sample["image"], sample["label"]
+    model = EncoderSpec("weights", config.model, config.data.channels, encoder.state).build().eval()
+    views = ViewMaker(config.augment, config.data.channels, num_views=2, seed=seed).views(images)
+    with torch.no_grad():
+        features = torch.cat(
+            [model(as_nchw(torch.from_numpy(images[i : i + 256]))) for i in range(0, len(images), 256)]
+        )
+        z1, z2 = (torch.cat([model(v[i : i + 256]) for i in range(0, len(v), 256)]) for v in views)
+    spectrum = singular_spectrum(torch.from_numpy(test_features))
+    numbers = {
+        "alignment": alignment(z1, z2),
+        "uniformity": uniformity(features),
+        "effective_rank": effective_rank(torch.from_numpy(test_features)),
+    }
+    diagnostics.plot_spectrum(out / "spectrum.png", spectrum, numbers["effective_rank"], "test embeddings")
+    classes = list(fashion_mnist.CLASSES) if config.data.source == "fashion_mnist" else None
+    classes = classes or [str(i) for i in range(data.num_classes)]
+    diagnostics.plot_embedding_map(out / "tsne.png", features.numpy(), labels, classes, seed)
+    queries = torch.arange(8)
+    neighbours = diagnostics.nearest(features, queries, k=8)
+    diagnostics.plot_retrieval(out / "retrieval.png", images, labels, queries, neighbours)
+    diagnostics.plot_views(out / "views.png", images[:8], [v[:8].numpy() for v in views])
+    return numbers
+
+
+def _target_run(encoder: TrainedEncoder, tracking_uri: str) -> RunTracker:
+    """The pretraining's own run when there is one; else a run of its own, tagged with the source."""
+    if encoder.run_id is not None:
+        return RunTracker(tracking_uri, encoder.run_id)
+    tracker = RunTracker.start(
+        tracking_uri,
+        encoder.config,
+        f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}",
+        tags={"ssl_ray.evaluates": encoder.source},
+    )
+    return tracker
+
+
+def evaluate(encoder: TrainedEncoder, options: EvaluateOptions, tracking_uri: str) -> Evaluation:
+    started = time.perf_counter()
+    if not ray.is_initialized():
+        ray.init(logging_level=logging.WARNING)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    config = encoder.config
+    data = build_eval_data(config, options.train_size, options.test_size)
+    use_gpu = bool(ray.cluster_resources().get("GPU", 0))
+    # GPU actors take no CPU; CPU actors leave one CPU for the tasks that read and decode
+    # their input (all CPUs as actors would starve those tasks and hang the pass).
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    actors = int(ray.cluster_resources()["GPU"]) if use_gpu else max(1, cpus - 1)
+    channels = config.data.channels
+    specs = [("trained encoder", PREFIX, EncoderSpec("weights", config.model, channels, encoder.state))]
+    if options.baselines:
+        random_init = EncoderSpec("random", config.model, channels, seed=config.train.seed)
+        specs.append(("random-init encoder", f"{PREFIX}/random_init", random_init))
+        if config.eval.knn_raw_pixels:
+            specs.append(("raw pixels", f"{PREFIX}/raw_pixels", EncoderSpec("pixels", config.model, channels)))
+    results = [EncoderResult(name, scope) for name, scope, _ in specs]
+    trained_test_features = None
+    if any(p in FROZEN_PROTOCOLS for p in options.protocols):
+        for result, (_, _, spec) in zip(results, specs):
+            test_features = _frozen_protocols(result, spec, data, options, config, use_gpu, actors)
+            if trained_test_features is None:
+                trained_test_features = test_features
+    elif options.diagnostics:
+        trained_test_features, _ = embed({"test": data.test}, specs[0][2], use_gpu, actors)["test"]
+
+    tracker = _target_run(encoder, tracking_uri)
+    if "finetune" in options.protocols:
+        starts = [encoder.state, None] if options.baselines else [encoder.state]  # None: the random init
+        for fraction in options.label_fractions:
+            for result, start in zip(results, starts):
+                result.metrics[f"finetune_top1_{label_tag(fraction)}"] = finetune(
+                    config,
+                    start,
+                    fraction,
+                    tracker.run_id,
+                    options.finetune_epochs,
+                    options.train_size,
+                    options.test_size,
+                    options.seed,
+                )
+    results = [r for r in results if r.metrics]
+    numbers: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as out:
+        out = Path(out)
+        if options.diagnostics:
+            numbers = _diagnostics(encoder, data, trained_test_features, out, options.seed)
+            for picture in sorted(out.glob("*.png")):
+                tracker.log_artifact(picture, f"{PREFIX}/diagnostics")
+        evaluation = Evaluation(results, tracker.run_id, tracking_uri, numbers, time.perf_counter() - started)
+        (out / "results.txt").write_text(evaluation.table() + "\n")
+        tracker.log_artifact(out / "results.txt", PREFIX)
+    metrics = {f"{PREFIX}/{key}": value for key, value in numbers.items()}
+    for result in results:
+        metrics.update({f"{result.scope}/{key}": value for key, value in result.metrics.items()})
+    tracker.log_metrics(metrics, step=0)
+    if encoder.run_id is None:
+        tracker.end("FINISHED")  # its own run; a pretraining's run keeps its status
+    return evaluation

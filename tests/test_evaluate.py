@@ -1,0 +1,180 @@
+"""``ssl-ray evaluate`` end to end: one short Fashion-MNIST pretraining with checkpoints in
+the S3 server, then the protocols from its MLflow run id (the CLI, every protocol, baselines,
+diagnostics), from its registered model and from its checkpoint in the bucket (in process,
+sharing one Ray): all three must see the same encoder. And few-label fine-tuning."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+
+import boto3
+import mlflow.pytorch
+import numpy as np
+import pytest
+import ray
+import torch
+import yaml
+from cli import SMALL_RUN, pipeline, run_cli
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from ssl_ray.cli import build_parser
+from ssl_ray.config import config_from_dict
+from ssl_ray.data.fashion_mnist import load_split
+from ssl_ray.eval.encoders import load_encoder
+from ssl_ray.eval.evaluate import EvaluateOptions, Evaluation
+from ssl_ray.eval.evaluate import evaluate as evaluate_encoder
+from ssl_ray.nn.backbones import build_backbone
+
+EVAL_SIZES = ["--train-size", "2000", "--test-size", "500"]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, s3_server, mlflow_server, fashion_mnist_dir):
+    tmp = tmp_path_factory.mktemp("evaluate")
+    bucket = f"eval-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=bucket)
+    done = run_cli(
+        "pretrain",
+        pipeline("simclr_fashion_mnist"),
+        *SMALL_RUN,
+        "train.epochs=1",
+        "data.train_subset=2048",
+        "train.run_name=eval-e2e",
+        "tracking.experiment=eval-e2e",
+        "tracking.registered_model=eval-e2e-encoder",
+        f"train.storage_path=s3://{bucket}/runs",
+        f"storage.endpoint_url={s3_server}",
+        "eval.knn_at_init=false",
+        "eval.knn_bank_size=1000",
+        "eval.knn_query_size=500",
+        "--tracking-uri",
+        mlflow_server,
+        cwd=tmp,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    run_id = re.search(r"MLflow run id:\s+(\w+)", done.stdout).group(1)
+    checkpoint = re.search(r"checkpoint: (s3://\S+)\)", done.stdout).group(1)
+    return {"run_id": run_id, "checkpoint": checkpoint, "tmp": tmp, "s3": s3_server}
+
+
+def evaluate(source: str, mlflow_server: str, *extra: str, cwd) -> str:
+    done = run_cli("evaluate", source, *EVAL_SIZES, "--tracking-uri", mlflow_server, *extra, cwd=cwd)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return done.stdout
+
+
+def trained_row(output: str) -> list[str]:
+    """The trained encoder's five figures as printed: kNN k10, k20, k200, linear top-1, top-5."""
+    return re.findall(r"\d+\.\d%", re.search(r"^trained encoder\s+(.*)$", output, re.M).group(1))
+
+
+@pytest.fixture(scope="module")
+def evaluated(pretrained, mlflow_server) -> str:
+    """Every frozen protocol, the baselines and the diagnostics, from the run id."""
+    return evaluate(pretrained["run_id"], mlflow_server, cwd=pretrained["tmp"])
+
+
+def test_evaluate_a_run_every_frozen_protocol_baselines_and_diagnostics(pretrained, evaluated, mlflow_server):
+    for row in ("trained encoder", "random-init encoder", "raw pixels"):
+        assert re.search(rf"^{row}\s+(\d+\.\d%\s*){{5}}$", evaluated, re.M), evaluated
+    client = MlflowClient(mlflow_server)
+    metrics = client.get_run(pretrained["run_id"]).data.metrics  # into the pretraining's own run
+    for scope in ("eval", "eval/random_init", "eval/raw_pixels"):
+        for key in ("knn_top1_k10", "knn_top1_k20", "knn_top1_k200", "linear_top1", "linear_top5"):
+            assert 0.3 < metrics[f"{scope}/{key}"] <= 1.0, (scope, key, metrics)
+        assert metrics[f"{scope}/linear_top5"] >= metrics[f"{scope}/linear_top1"]
+    assert metrics["eval/alignment"] > 0 and metrics["eval/uniformity"] < 0
+    assert 1.0 < metrics["eval/effective_rank"] <= 64  # width 8: 64-d features
+    tmp = str(pretrained["tmp"])
+    pictures = {a.path for a in client.list_artifacts(pretrained["run_id"], "eval/diagnostics")}
+    assert pictures == {f"eval/diagnostics/{n}.png" for n in ("spectrum", "tsne", "retrieval", "views")}
+    for picture in pictures:
+        with Image.open(client.download_artifacts(pretrained["run_id"], picture, tmp)) as image:
+            assert image.format == "PNG" and min(image.size) > 200
+            image.verify()
+    results = client.download_artifacts(pretrained["run_id"], "eval/results.txt", tmp)
+    assert "random-init encoder" in open(results).read()
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One Ray for the in-process evaluations below (the CLI's own path is tested above)."""
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    yield
+    ray.shutdown()
+
+
+def in_process(source: str, mlflow_server: str, *overrides: str, **options) -> Evaluation:
+    encoder = load_encoder(source, mlflow_server, overrides=list(overrides))
+    settings = {"baselines": False, "diagnostics": False, "train_size": 2000, "test_size": 500, **options}
+    return evaluate_encoder(encoder, EvaluateOptions(**settings), mlflow_server)
+
+
+def figures(evaluation: Evaluation) -> list[str]:
+    return trained_row(evaluation.table())
+
+
+def test_the_registered_model_is_the_checkpoints_encoder(pretrained, evaluated, mlflow_server, local_ray):
+    client = MlflowClient(mlflow_server)
+    tmp = str(pretrained["tmp"])
+    assert client.get_run(pretrained["run_id"]).data.tags["ssl_ray.registered_model"] == "eval-e2e-encoder"
+    mlflow.set_tracking_uri(mlflow_server)
+    loaded = mlflow.pytorch.load_model("models:/eval-e2e-encoder/1", map_location="cpu")  # exported in eval mode
+    config = config_from_dict(yaml.safe_load(open(client.download_artifacts(pretrained["run_id"], "config.yaml", tmp))))
+    m = config.model
+    reference, _ = build_backbone(m.backbone, 1, m.width, m.blocks, m.stem_stride, m.stem)
+    weights = client.download_artifacts(pretrained["run_id"], "encoder/encoder.pt", tmp)
+    reference.load_state_dict(torch.load(weights, weights_only=True))
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (16, 1, 28, 28), dtype=np.uint8))
+    with torch.no_grad():
+        assert torch.equal(loaded(images), reference.eval()(images))
+    signature = mlflow.models.get_model_info("models:/eval-e2e-encoder/1").signature
+    assert signature.inputs.to_dict()[0]["tensor-spec"]["dtype"] == "uint8"
+    assert figures(in_process("models:/eval-e2e-encoder/1", mlflow_server)) == trained_row(evaluated)
+
+
+def test_evaluate_a_checkpoint_in_the_bucket(pretrained, evaluated, mlflow_server, local_ray):
+    checkpoint = pretrained["checkpoint"]
+    result = in_process(checkpoint, mlflow_server, f"storage.endpoint_url={pretrained['s3']}")
+    assert figures(result) == trained_row(evaluated), "same weights, same images: the same figures"
+    client = MlflowClient(mlflow_server)
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("eval-e2e").experiment_id],
+        filter_string=f"tags.`ssl_ray.evaluates` = '{checkpoint}'",
+    )
+    assert run.info.run_id == result.run_id and run.info.status == "FINISHED"
+    assert 0.3 < run.data.metrics["eval/linear_top1"] <= 1.0
+
+
+def test_few_label_finetuning_through_ray_train(pretrained, mlflow_server, fashion_mnist_dir, local_ray):
+    """10% of 2,000 labels (10% of each class), 10 epochs from the pretrained encoder: a run of
+    the supervised method through Ray Train, nested under the pretraining's run."""
+    result = in_process(
+        pretrained["run_id"], mlflow_server, protocols=("finetune",), label_fractions=(0.1,), finetune_epochs=10
+    )
+    (tuned,) = [r.metrics["finetune_top1_10pct"] for r in result.results]
+    assert tuned > 0.2, tuned  # 20 steps on 200 labels, 10 classes: well above chance
+    client = MlflowClient(mlflow_server)
+    (child,) = client.search_runs(
+        [client.get_experiment_by_name("eval-e2e").experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{pretrained['run_id']}'",
+    )
+    assert child.data.params["method.name"] == "supervised" and child.data.params["data.label_fraction"] == "0.1"
+    assert child.info.status == "FINISHED" and child.data.metrics["test_top1"] == pytest.approx(tuned)
+    path = client.download_artifacts(child.info.run_id, "labels/label_subset.txt", str(pretrained["tmp"]))
+    subset = [int(i) for i in open(path).read().split()]
+    assert all(i < 2000 for i in subset)  # training images only; the test set is a different split
+    labels = load_split(str(fashion_mnist_dir), "train").labels
+    per_class = np.bincount(labels[:2000], minlength=10)
+    assert np.bincount(labels[subset], minlength=10).tolist() == np.round(0.1 * per_class).astype(int).tolist()
+    assert client.get_run(pretrained["run_id"]).data.metrics["eval/finetune_top1_10pct"] == pytest.approx(tuned)
+
+
+def test_label_shares_on_the_command_line():
+    args = build_parser().parse_args(["evaluate", "r", "--protocol", "finetune", "--labels", "1%", "--labels", "10"])
+    assert args.labels == [0.01, 0.1] and args.protocol == ["finetune"]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["evaluate", "r", "--labels", "150%"])
