@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Every method from its own pipelines/<method>_fashion_mnist.yaml at one budget on this machine,
-# then a table of kNN top-1 (trained vs random init) read back from MLflow.
+# each then evaluated with `ssl-ray evaluate` (kNN, linear probe, fine-tuning on a share of the
+# labels), the baselines once (random init, raw pixels, the same fine-tuning from scratch),
+# then the supervised reference at the same budget, then the tables read back from MLflow.
 #   bash benchmarks/methods_fashion_mnist.sh [EPOCHS] [METHOD ...]
+# Environment: EVAL_TRAIN / EVAL_TEST cap the evaluation's labelled sets (default: all 60,000 /
+# 10,000), LABELS the fine-tuning share (default 10%), FINETUNE_EPOCHS its epochs (default 30).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 epochs="${1:-2}"
@@ -9,8 +13,24 @@ shift || true
 methods=("$@")
 [[ ${#methods[@]} -gt 0 ]] || methods=(simclr moco_v1 moco_v2 moco_v3 byol simsiam)
 experiment="methods-${epochs}ep"
+sizes=()
+[[ -n "${EVAL_TRAIN:-}" ]] && sizes+=(--train-size "$EVAL_TRAIN")
+[[ -n "${EVAL_TEST:-}" ]] && sizes+=(--test-size "$EVAL_TEST")
+protocols=(--protocol knn --protocol linear --protocol finetune --labels "${LABELS:-10%}"
+           --finetune-epochs "${FINETUNE_EPOCHS:-30}" --no-diagnostics)
+first=1
 for method in "${methods[@]}"; do
-  .venv/bin/ssl-ray pretrain "pipelines/${method}_fashion_mnist.yaml" "train.epochs=${epochs}" \
-    "tracking.experiment=${experiment}" "train.run_name=bench-${method}" "eval.knn_raw_pixels=false"
+  out=$(.venv/bin/ssl-ray pretrain "pipelines/${method}_fashion_mnist.yaml" "train.epochs=${epochs}" \
+    "tracking.experiment=${experiment}" "train.run_name=bench-${method}" "eval.knn_raw_pixels=false" | tee /dev/stderr)
+  run_id=$(grep -oP 'MLflow run id:\s+\K\w+' <<<"$out")
+  # The baselines do not depend on the method: measured with the first one only.
+  extra=(eval.knn_raw_pixels=true)  # the pretraining skipped it; the evaluation's baseline
+  [[ $first == 1 ]] || extra=(--no-baselines)
+  first=0
+  .venv/bin/ssl-ray evaluate "$run_id" "${protocols[@]}" "${sizes[@]}" "${extra[@]}"
 done
+# The supervised reference: the same encoder, loop and epochs on all the labels.
+.venv/bin/ssl-ray pretrain pipelines/supervised_fashion_mnist.yaml "train.epochs=${epochs}" \
+  "tracking.experiment=${experiment}" "train.run_name=bench-supervised" "eval.knn_raw_pixels=false" \
+  "eval.knn_at_init=false"
 .venv/bin/python benchmarks/methods_table.py "${experiment}"

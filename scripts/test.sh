@@ -8,4 +8,4 @@ if [[ -z "${SSL_RAY_FASHION_MNIST:-}" && ! -d /usr/share/datasets/fashion-mnist 
   export SSL_RAY_FASHION_MNIST="$cache"
 fi
 export RAY_DISABLE_USAGE_STATS=1
-exec .venv/bin/python -m pytest -q "$@"
+exec .venv/bin/python -m pytest -q --durations=15 "$@"

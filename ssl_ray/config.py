@@ -281,6 +281,9 @@ class EvalConfig(_Section):
     # Before training: the kNN of the random-init encoder, and of raw pixels as a baseline.
     knn_at_init: bool = True
     knn_raw_pixels: bool = True
+    # After the last epoch, the linear probe on the frozen encoder (``ssl-ray evaluate``'s,
+    # on the kNN bank's and queries' images), into the run: on in the full recipes.
+    linear_probe_at_end: bool = False
 
 
 class TrackingConfig(_Section):

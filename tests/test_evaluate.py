@@ -6,6 +6,7 @@ sharing one Ray): all three must see the same encoder. And few-label fine-tuning
 from __future__ import annotations
 
 import logging
+import os
 import re
 import uuid
 
@@ -27,8 +28,9 @@ from ssl_ray.eval.encoders import load_encoder
 from ssl_ray.eval.evaluate import EvaluateOptions, Evaluation
 from ssl_ray.eval.evaluate import evaluate as evaluate_encoder
 from ssl_ray.nn.backbones import build_backbone
+from ssl_ray.tracking.mlflow_run import mlflow_tracking_uri
 
-EVAL_SIZES = ["--train-size", "2000", "--test-size", "500"]
+EVAL_SIZES = ["--train-size", "1000", "--test-size", "300"]
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +52,7 @@ def pretrained(tmp_path_factory, s3_server, mlflow_server, fashion_mnist_dir):
         "eval.knn_at_init=false",
         "eval.knn_bank_size=1000",
         "eval.knn_query_size=500",
+        "eval.linear_probe_at_end=true",
         "--tracking-uri",
         mlflow_server,
         cwd=tmp,
@@ -57,7 +60,10 @@ def pretrained(tmp_path_factory, s3_server, mlflow_server, fashion_mnist_dir):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     run_id = re.search(r"MLflow run id:\s+(\w+)", done.stdout).group(1)
     checkpoint = re.search(r"checkpoint: (s3://\S+)\)", done.stdout).group(1)
-    return {"run_id": run_id, "checkpoint": checkpoint, "tmp": tmp, "s3": s3_server}
+    # eval.linear_probe_at_end: the probe ran into the run before the command returned.
+    assert "Linear probe at the end" in done.stdout, done.stdout[-3000:]
+    probe = MlflowClient(mlflow_server).get_run(run_id).data.metrics["eval/linear_top1"]
+    return {"run_id": run_id, "checkpoint": checkpoint, "tmp": tmp, "s3": s3_server, "probe_at_end": probe}
 
 
 def evaluate(source: str, mlflow_server: str, *extra: str, cwd) -> str:
@@ -78,6 +84,7 @@ def evaluated(pretrained, mlflow_server) -> str:
 
 
 def test_evaluate_a_run_every_frozen_protocol_baselines_and_diagnostics(pretrained, evaluated, mlflow_server):
+    assert 0.3 < pretrained["probe_at_end"] <= 1.0  # the pretraining's own probe (1,000 / 500 images)
     for row in ("trained encoder", "random-init encoder", "raw pixels"):
         assert re.search(rf"^{row}\s+(\d+\.\d%\s*){{5}}$", evaluated, re.M), evaluated
     client = MlflowClient(mlflow_server)
@@ -109,7 +116,7 @@ def local_ray():
 
 def in_process(source: str, mlflow_server: str, *overrides: str, **options) -> Evaluation:
     encoder = load_encoder(source, mlflow_server, overrides=list(overrides))
-    settings = {"baselines": False, "diagnostics": False, "train_size": 2000, "test_size": 500, **options}
+    settings = {"baselines": False, "diagnostics": False, "train_size": 1000, "test_size": 300, **options}
     return evaluate_encoder(encoder, EvaluateOptions(**settings), mlflow_server)
 
 
@@ -121,8 +128,9 @@ def test_the_registered_model_is_the_checkpoints_encoder(pretrained, evaluated, 
     client = MlflowClient(mlflow_server)
     tmp = str(pretrained["tmp"])
     assert client.get_run(pretrained["run_id"]).data.tags["ssl_ray.registered_model"] == "eval-e2e-encoder"
-    mlflow.set_tracking_uri(mlflow_server)
-    loaded = mlflow.pytorch.load_model("models:/eval-e2e-encoder/1", map_location="cpu")  # exported in eval mode
+    with mlflow_tracking_uri(mlflow_server):  # and back: later tests' CLIs must not inherit it
+        loaded = mlflow.pytorch.load_model("models:/eval-e2e-encoder/1", map_location="cpu")  # exported in eval mode
+        signature = mlflow.models.get_model_info("models:/eval-e2e-encoder/1").signature
     config = config_from_dict(yaml.safe_load(open(client.download_artifacts(pretrained["run_id"], "config.yaml", tmp))))
     m = config.model
     reference, _ = build_backbone(m.backbone, 1, m.width, m.blocks, m.stem_stride, m.stem)
@@ -131,8 +139,8 @@ def test_the_registered_model_is_the_checkpoints_encoder(pretrained, evaluated, 
     images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (16, 1, 28, 28), dtype=np.uint8))
     with torch.no_grad():
         assert torch.equal(loaded(images), reference.eval()(images))
-    signature = mlflow.models.get_model_info("models:/eval-e2e-encoder/1").signature
     assert signature.inputs.to_dict()[0]["tensor-spec"]["dtype"] == "uint8"
+    assert os.environ.get("MLFLOW_TRACKING_URI") != mlflow_server, "the global URI is put back"
     assert figures(in_process("models:/eval-e2e-encoder/1", mlflow_server)) == trained_row(evaluated)
 
 
@@ -153,7 +161,13 @@ def test_few_label_finetuning_through_ray_train(pretrained, mlflow_server, fashi
     """10% of 2,000 labels (10% of each class), 10 epochs from the pretrained encoder: a run of
     the supervised method through Ray Train, nested under the pretraining's run."""
     result = in_process(
-        pretrained["run_id"], mlflow_server, protocols=("finetune",), label_fractions=(0.1,), finetune_epochs=10
+        pretrained["run_id"],
+        mlflow_server,
+        protocols=("finetune",),
+        label_fractions=(0.1,),
+        finetune_epochs=10,
+        train_size=2000,
+        test_size=500,
     )
     (tuned,) = [r.metrics["finetune_top1_10pct"] for r in result.results]
     assert tuned > 0.2, tuned  # 20 steps on 200 labels, 10 classes: well above chance

@@ -168,7 +168,11 @@ def build_pretrain_data(
 class EvalData:
     train: ray.data.Dataset  # image, label: labelled training images (probe fit, kNN bank)
     test: ray.data.Dataset  # image, label: held-out images (what is reported)
-    num_classes: int
+    classes: tuple[str, ...]  # names, by label index
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
 
 
 def build_eval_data(config: PipelineConfig, train_size: int | None = None, test_size: int | None = None) -> EvalData:
@@ -182,19 +186,19 @@ def build_eval_data(config: PipelineConfig, train_size: int | None = None, test_
         return EvalData(
             train=from_arrays(train.images[:n], train.labels[:n]),
             test=from_arrays(test.images[:m], test.labels[:m]),
-            num_classes=len(fashion_mnist.CLASSES),
+            classes=tuple(fashion_mnist.CLASSES),
         )
     if data.val_path is None:
         raise DataSourceError("evaluation needs a labelled test set: set data.val_path")
     train = _read(data.path, data.source, config, train_size)
     test = _read(data.val_path, data.val_source or data.source, config, test_size)
-    num_classes = max(len(train.classes), len(test.classes))
-    if not num_classes:
+    classes = train.classes if len(train.classes) >= len(test.classes) else test.classes
+    if not classes:
         raise DataSourceError(
             f"{data.path}: no labels to evaluate with (one sub-folder per class, or a label column in the shards)"
         )
     return EvalData(
         train=train.dataset.select_columns(["image", "label"]),
         test=test.dataset.select_columns(["image", "label"]),
-        num_classes=num_classes,
+        classes=tuple(classes),
     )

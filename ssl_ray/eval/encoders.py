@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 from ssl_ray.config import ConfigError, PipelineConfig, StorageConfig, apply_overrides, config_from_dict, load_raw
 from ssl_ray.data.errors import DataSourceError
 from ssl_ray.data.objectstore import describe_failure, filesystem_for
+from ssl_ray.tracking.mlflow_run import mlflow_tracking_uri
 from ssl_ray.train.checkpoint import DIGEST_FILE, STATE_FILE, encoder_state, load_state
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")
@@ -78,7 +79,8 @@ def _from_registry(client: MlflowClient, uri: str, overrides: list[str]) -> Trai
             version = client.get_model_version_by_alias(name, alias)
         else:
             version = client.get_model_version(name, which)
-        model = mlflow.pytorch.load_model(uri, map_location="cpu")
+        with mlflow_tracking_uri(client.tracking_uri):  # models:/ resolves against the global URI
+            model = mlflow.pytorch.load_model(uri, map_location="cpu")
     except MlflowException as error:
         raise SourceError(f"{uri}: {error.message}") from None
     with tempfile.TemporaryDirectory() as directory:

@@ -20,7 +20,6 @@ import numpy as np
 import ray
 import torch
 
-from ssl_ray.data import fashion_mnist
 from ssl_ray.data.sources import EvalData, build_eval_data
 from ssl_ray.data.views import ViewMaker
 from ssl_ray.eval import diagnostics
@@ -120,7 +119,9 @@ def _diagnostics(
     sample = data.test.limit(DIAGNOSTIC_SAMPLE).take_batch(DIAGNOSTIC_SAMPLE, batch_format="numpy")
     images, labels = sample["image"], sample["label"]
     model = EncoderSpec("weights", config.model, config.data.channels, encoder.state).build().eval()
+    threads = torch.get_num_threads()  # ViewMaker pins its process to one thread (it runs per CPU in Ray Data)
     views = ViewMaker(config.augment, config.data.channels, num_views=2, seed=seed).views(images)
+    torch.set_num_threads(threads)
     with torch.no_grad():
         features = torch.cat(
             [model(as_nchw(torch.from_numpy(images[i : i + 256]))) for i in range(0, len(images), 256)]
@@ -133,9 +134,7 @@ def _diagnostics(
         "effective_rank": effective_rank(torch.from_numpy(test_features)),
     }
     diagnostics.plot_spectrum(out / "spectrum.png", spectrum, numbers["effective_rank"], "test embeddings")
-    classes = list(fashion_mnist.CLASSES) if config.data.source == "fashion_mnist" else None
-    classes = classes or [str(i) for i in range(data.num_classes)]
-    diagnostics.plot_embedding_map(out / "tsne.png", features.numpy(), labels, classes, seed)
+    diagnostics.plot_embedding_map(out / "tsne.png", features.numpy(), labels, list(data.classes), seed)
     queries = torch.arange(8)
     neighbours = diagnostics.nearest(features, queries, k=8)
     diagnostics.plot_retrieval(out / "retrieval.png", images, labels, queries, neighbours)

@@ -53,7 +53,12 @@ def finetune_config(
     )
     # The classifier's top-1 on the test images is computed with the kNN pass at the end.
     raw["eval"].update(
-        knn_at_init=False, knn_raw_pixels=False, knn_every_epochs=0, knn_bank_size=1000, knn_query_size=test_size
+        linear_probe_at_end=False,
+        knn_at_init=False,
+        knn_raw_pixels=False,
+        knn_every_epochs=0,
+        knn_bank_size=1000,
+        knn_query_size=test_size,
     )
     return config_from_dict(raw)
 

@@ -6,6 +6,7 @@ same code works in the driver and in a Ray Train worker process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -29,6 +30,28 @@ def resolve_tracking_uri(configured: str | None) -> str:
     elif "://" not in uri:
         uri = Path(uri).resolve().as_uri()
     return uri
+
+
+@contextlib.contextmanager
+def mlflow_tracking_uri(uri: str):
+    """MLflow's global tracking URI set to ``uri`` for the APIs that only read the global one
+    (``log_model``, ``load_model("models:/...")``), then put back. MLflow also exports it as
+    ``MLFLOW_TRACKING_URI``, which every process started afterwards would inherit: that is put
+    back too."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
+    previous = utils._tracking_uri
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if previous_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env
 
 
 def ui_command(tracking_uri: str, experiment_id: str | None = None, run_id: str | None = None) -> str:

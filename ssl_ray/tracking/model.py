@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ssl_ray.tracking.mlflow_run import mlflow_tracking_uri
+
 ARTIFACT_NAME = "encoder_model"
 
 
@@ -33,8 +35,7 @@ def log_encoder_model(
     encoder = encoder.cpu().eval()
     with torch.no_grad():
         features = encoder(torch.from_numpy(example)).numpy()
-    mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
+    with mlflow_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id):
         info = mlflow.pytorch.log_model(
             encoder,
             name=ARTIFACT_NAME,

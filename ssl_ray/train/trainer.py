@@ -56,6 +56,22 @@ def _use_gpu(config: PipelineConfig) -> bool:
     return bool(config.train.use_gpu)
 
 
+def _probe_at_end(config: PipelineConfig, tracker: RunTracker, tracking_uri: str, weights: dict) -> None:
+    """The linear probe (and kNN at k 10/20/200) on the trained encoder, into this run."""
+    from ssl_ray.eval.encoders import TrainedEncoder
+    from ssl_ray.eval.evaluate import EvaluateOptions, evaluate
+
+    options = EvaluateOptions(
+        baselines=False,
+        diagnostics=False,
+        train_size=config.eval.knn_bank_size,
+        test_size=config.eval.knn_query_size,
+        seed=config.train.seed,
+    )
+    evaluation = evaluate(TrainedEncoder(weights, config, tracker.run_id, tracker.run_id), options, tracking_uri)
+    print(f"Linear probe at the end (frozen encoder):\n{evaluation.table()}", flush=True)
+
+
 def _with_label_classes(config: PipelineConfig, num_classes: int) -> PipelineConfig:
     """A label-trained method gets its class count from the data; data without labels is
     refused before any worker starts."""
@@ -236,6 +252,9 @@ def run_pretraining(
         baselines = {name: value for name, value in (("random init", init), ("raw pixels", raw)) if value is not None}
         plot_curves(out / "curves.png", loss, knn, baselines, run_name)
         tracker.log_artifact(out / "curves.png", "plots")
+    probe = config.eval.linear_probe_at_end and trial is None and parent_run_id is None
+    if probe and result.checkpoint is not None and data.knn_bank is not None:
+        _probe_at_end(config, tracker, tracking_uri, weights)
     if trial is not None and len(loss) < config.train.epochs:  # the sweep's scheduler stopped it
         tracker.set_tag("ssl_ray.stopped_early", "true")
         tracker.end("KILLED")
