@@ -39,6 +39,11 @@ STOPPED_NONFINITE = "stopped_nonfinite"
 MONITOR_BATCHES = 8
 
 
+def _eval_batches(name: str):
+    """One pass over an evaluation dataset (kNN bank or queries), unsplit, on this worker."""
+    return ray.train.get_dataset_shard(name).iter_torch_batches(batch_size=1024, prefetch_batches=2)
+
+
 @dataclass
 class Worker:
     """What one worker holds for the whole run."""
@@ -61,7 +66,7 @@ class Worker:
 
     def knn(self, encoder: torch.nn.Module, precision: str | None = None) -> float:
         def features(name, what):
-            batches = ray.train.get_dataset_shard(name).iter_torch_batches(batch_size=1024, prefetch_batches=2)
+            batches = _eval_batches(name)
             try:
                 return extract_features(encoder, batches, self.device, precision or self.precision)
             except ValueError as error:  # nothing decodable: say which set, not just "no images"
@@ -76,7 +81,7 @@ class Worker:
 
     def classifier_top1(self) -> float:
         """Top-1 of a label-trained method's own classifier on the held-out images."""
-        batches = ray.train.get_dataset_shard("knn_query").iter_torch_batches(batch_size=1024, prefetch_batches=2)
+        batches = _eval_batches("knn_query")
         classify = _Classifier(self.method)
         logits, labels = extract_features(classify, batches, self.device, self.precision)
         return (logits.argmax(dim=1) == labels).float().mean().item()

@@ -261,6 +261,7 @@ def run_pretraining(
     else:
         tracker.end("FINISHED")
     trained = [value for step, value in knn if step > 0]
+    test_top1 = tracker.metric_history("test_top1")  # label-trained methods' classifier
     return PretrainResult(
         ray_run_name=run_name,
         mlflow_run_id=tracker.run_id,
@@ -271,5 +272,5 @@ def run_pretraining(
         knn_top1=trained[-1] if trained else None,
         epochs_done=len(loss),
         checkpoint_path=checkpoint_path,
-        test_top1=tracker.metric_history("test_top1")[-1][1] if tracker.metric_history("test_top1") else None,
+        test_top1=test_top1[-1][1] if test_top1 else None,
     )
