@@ -56,14 +56,28 @@ def start_board(sweep_name: str):
 
 class _PostsVerdicts:
     """Mixed into a scheduler: every decision on an epoch's result is posted to the board
-    (found by name, so a scheduler restored on ``--resume`` finds the new one)."""
+    (found by name, so a scheduler restored on ``--resume`` finds the new one).
+
+    A stop is not passed on to Tune at first: Tune would end the trial's actor, and with it
+    Ray Train's controller, possibly before the controller has written the stopped epoch to
+    MLflow (it does so right after handing the report to Tune). The trial stops itself at the
+    verdict instead and closes its run. Only a trial that reports again after being told to
+    stop (its loop missed the verdict) is stopped by Tune."""
 
     board: str
+    told_to_stop: set[str]
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if trial.trial_id in self.told_to_stop:
+            return TrialScheduler.STOP
         decision = super().on_trial_result(tune_controller, trial, result)
-        if "epoch" in result:
-            ray.get_actor(self.board).post.remote(trial.trial_id, int(result["epoch"]), decision == TrialScheduler.STOP)
+        if "epoch" not in result:
+            return decision
+        stop = decision == TrialScheduler.STOP
+        ray.get_actor(self.board).post.remote(trial.trial_id, int(result["epoch"]), stop)
+        if stop:
+            self.told_to_stop.add(trial.trial_id)
+            return TrialScheduler.CONTINUE
         return decision
 
 
@@ -71,12 +85,14 @@ class VerdictASHA(_PostsVerdicts, ASHAScheduler):
     def __init__(self, board: str, **asha) -> None:
         super().__init__(**asha)
         self.board = board
+        self.told_to_stop = set()
 
 
 class VerdictFIFO(_PostsVerdicts, FIFOScheduler):
     def __init__(self, board: str) -> None:
         super().__init__()
         self.board = board
+        self.told_to_stop = set()
 
 
 @dataclass(frozen=True)
