@@ -5,7 +5,8 @@
 # then the supervised reference at the same budget, then the tables read back from MLflow.
 #   bash benchmarks/methods_fashion_mnist.sh [EPOCHS] [METHOD ...]
 # Environment: EVAL_TRAIN / EVAL_TEST cap the evaluation's labelled sets (default: all 60,000 /
-# 10,000), LABELS the fine-tuning share (default 10%), FINETUNE_EPOCHS its epochs (default 30).
+# 10,000), LABELS the fine-tuning shares (default "10%"; "1% 10%" for both), FINETUNE_EPOCHS its
+# epochs (default 30).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 epochs="${1:-2}"
@@ -16,8 +17,8 @@ experiment="methods-${epochs}ep"
 sizes=()
 [[ -n "${EVAL_TRAIN:-}" ]] && sizes+=(--train-size "$EVAL_TRAIN")
 [[ -n "${EVAL_TEST:-}" ]] && sizes+=(--test-size "$EVAL_TEST")
-protocols=(--protocol knn --protocol linear --protocol finetune --labels "${LABELS:-10%}"
-           --finetune-epochs "${FINETUNE_EPOCHS:-30}" --no-diagnostics)
+protocols=(--protocol knn --protocol linear --protocol finetune --finetune-epochs "${FINETUNE_EPOCHS:-30}" --no-diagnostics)
+for share in ${LABELS:-10%}; do protocols+=(--labels "$share"); done
 first=1
 for method in "${methods[@]}"; do
   out=$(.venv/bin/ssl-ray pretrain "pipelines/${method}_fashion_mnist.yaml" "train.epochs=${epochs}" \
