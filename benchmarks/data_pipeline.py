@@ -86,7 +86,7 @@ def upload_tree(client, bucket: str, local: Path, prefix: str) -> str:
 
 def ray_pipeline(source, augment: AugmentConfig, channels: int):
     """The training pipeline's own views step (``sources.with_views``)."""
-    views = with_views(source.dataset, augment, channels, 2)
+    views = with_views(source.dataset, augment, channels)
     return lambda: views.iter_batches(batch_size=BATCH, batch_format="numpy")
 
 
@@ -105,7 +105,7 @@ class ViewsCollate:
     """The same batched kornia recipe, run in the DataLoader worker on each batch."""
 
     def __init__(self, augment: AugmentConfig, channels: int) -> None:
-        self.maker = ViewMaker(augment, channels, 2)
+        self.maker = ViewMaker(augment, channels)
 
     def __call__(self, images: list[np.ndarray]) -> dict[str, torch.Tensor]:
         views = self.maker.views(np.stack(images))

@@ -126,6 +126,11 @@ class AugmentConfig(_Section):
 
     ``blur_p`` and ``solarize_p`` take one probability for both views or a pair, one per view:
     BYOL's asymmetric recipe is ``blur_p: [1.0, 0.1]``, ``solarize_p: [0.0, 0.2]``.
+
+    Multi-crop (SwAV, Caron et al. 2020, Sec. 3.2; DINO): ``global_crops`` views at
+    ``image_size`` from ``crop_scale``, then ``local_crops`` smaller views at
+    ``local_image_size`` from ``local_crop_scale``. Local crops take view 0's colour recipe,
+    with ``local_blur_p`` when set. The views reach the method global crops first.
     """
 
     image_size: int = Field(default=28, ge=8)
@@ -139,6 +144,30 @@ class AugmentConfig(_Section):
     # device = batched on the training device (the GPU), Ray Data only decodes and crops;
     # ray_data = all of it in Ray Data's CPU tasks; auto = device when training on GPUs.
     on: Literal["auto", "ray_data", "device"] = "auto"
+    global_crops: int = Field(default=2, ge=1)
+    local_crops: int = Field(default=0, ge=0)
+    local_image_size: int = Field(default=12, ge=4)
+    local_crop_scale: tuple[float, float] = (0.05, 0.4)
+    local_blur_p: float | None = Field(default=None, ge=0.0, le=1.0)
+
+    @property
+    def num_views(self) -> int:
+        return self.global_crops + self.local_crops
+
+    def view_size(self, view: int) -> int:
+        return self.image_size if view < self.global_crops else self.local_image_size
+
+    def view_crop_scale(self, view: int) -> tuple[float, float]:
+        return self.crop_scale if view < self.global_crops else self.local_crop_scale
+
+    @model_validator(mode="after")
+    def _local_smaller(self) -> AugmentConfig:
+        if self.local_crops and self.local_image_size >= self.image_size:
+            raise ValueError(
+                f"augment.local_image_size ({self.local_image_size}) must be below augment.image_size "
+                f"({self.image_size}): local crops are the small ones"
+            )
+        return self
 
     @field_validator("blur_p", "solarize_p")
     @classmethod
@@ -149,11 +178,16 @@ class AugmentConfig(_Section):
         return value
 
     def for_view(self, field: str, view: int) -> float:
-        """A per-view field's value for view ``view`` (0 or 1)."""
+        """A per-view field's value for view ``view``: global crops 0 and 1 take their own
+        entry of a pair (later global crops the second), local crops view 0's."""
+        if view >= self.global_crops:
+            if field == "blur_p" and self.local_blur_p is not None:
+                return self.local_blur_p
+            view = 0
         value = getattr(self, field)
-        return value[view] if isinstance(value, tuple) else value
+        return value[min(view, 1)] if isinstance(value, tuple) else value
 
-    @field_validator("crop_scale")
+    @field_validator("crop_scale", "local_crop_scale")
     @classmethod
     def _ordered_scale(cls, value: tuple[float, float]) -> tuple[float, float]:
         low, high = value
@@ -163,7 +197,7 @@ class AugmentConfig(_Section):
 
 
 class ModelConfig(_Section):
-    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    backbone: Literal["resnet18", "resnet34", "resnet50", "vit_tiny", "vit_small"] = "resnet18"
     # Channels of the first stage; torchvision's ResNets use 64. Narrower is for CPU demos.
     width: int = Field(default=64, ge=4)
     # Residual blocks per stage; None = the named ResNet's own (2,2,2,2 for ResNet-18).
@@ -173,46 +207,45 @@ class ModelConfig(_Section):
     stem: Literal["small", "imagenet"] = "small"
     # The small stem's stride. 1: full resolution in the first stage; 2: half resolution.
     stem_stride: Literal[1, 2] = 1
+    # ViTs: the patch side in pixels (every crop size must be a multiple of it), and blocks.
+    patch_size: int = Field(default=4, ge=1)
+    vit_depth: int = Field(default=12, ge=1)
 
 
 class MethodConfig(_Section):
-    """The method and its hyperparameters. A field left out takes the method's own default
-    (its paper's, ``SSLMethod.defaults``), so ``name: moco_v1`` alone gives temperature 0.07."""
+    """The method and its hyperparameters: ``name`` picks the method, every other field is
+    one of that method's own (``SSLMethod.Params``, in its module), checked against them and
+    defaulting to its paper's values, so ``name: moco_v1`` alone gives temperature 0.07.
+    Read them as attributes: ``config.method.temperature``."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     name: str = "simclr"
-    temperature: float = Field(default=0.2, gt=0.0)
-    projection_hidden_dim: int = Field(default=512, gt=0)
-    projection_dim: int = Field(default=128, gt=0)
-    # Predictor MLP hidden width (BYOL, SimSiam's bottleneck, MoCo v3).
-    predictor_hidden_dim: int = Field(default=512, gt=0)
-    # EMA target networks: the momentum at step 0; BYOL and MoCo v3 raise it along a cosine to
-    # 1 by the last step, MoCo v1/v2 keep it constant.
-    ema_momentum: float = Field(default=0.99, ge=0.0, le=1.0)
-    # MoCo v1/v2: negatives kept from earlier batches (K).
-    queue_size: int = Field(default=65536, gt=0)
-    # SimSiam's ablation (Chen & He 2021, Sec. 4.1, Fig. 2): false removes the stop-gradient,
-    # and the representation collapses. Only SimSiam reads it.
-    stop_gradient: bool = True
-    # Methods trained on labels (``supervised``): classes of the classifier; None = the data's.
-    num_classes: int | None = Field(default=None, gt=1)
 
     @model_validator(mode="before")
     @classmethod
-    def _method_defaults(cls, raw: Any) -> Any:
+    def _method_params(cls, raw: Any) -> Any:
         from ssl_ray.methods import METHODS
 
-        if isinstance(raw, dict) and raw.get("name", "simclr") in METHODS:
-            raw = {**METHODS[raw.get("name", "simclr")].defaults, **raw}
-        return raw
+        if not isinstance(raw, dict):
+            return raw
+        name = raw.get("name", "simclr")
+        if name not in METHODS:
+            raise ValueError(f"method.name: unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
+        params = METHODS[name].Params
+        try:
+            values = params.model_validate({key: value for key, value in raw.items() if key != "name"})
+        except ValidationError as error:
+            known = ", ".join(params.model_fields) or "none"
+            raise ValueError(_describe(error, "method", f"{name} (its fields: {known})")) from None
+        return {"name": name, **dict(values)}
 
-    @field_validator("name")
-    @classmethod
-    def _known_method(cls, value: str) -> str:
-        from ssl_ray.methods import METHODS
 
-        if value not in METHODS:
-            raise ValueError(f"unknown method {value!r}; known: {', '.join(sorted(METHODS))}")
-        return value
+def method_fields(name: str) -> tuple[str, ...]:
+    """The ``method.*`` fields method ``name`` takes (``name`` itself included)."""
+    from ssl_ray.methods import METHODS
+
+    return ("name", *METHODS[name].Params.model_fields) if name in METHODS else ("name",)
 
 
 class OptimConfig(_Section):
@@ -308,16 +341,35 @@ class PipelineConfig(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> PipelineConfig:
-        if not self.method.stop_gradient and self.method.name != "simsiam":
-            raise ValueError(
-                f"method.stop_gradient: only SimSiam has a stop-gradient to remove, not {self.method.name}"
-            )
+        self._views_fit_the_method()
+        if self.model.backbone.startswith("vit"):
+            sizes = {self.augment.image_size, *([self.augment.local_image_size] if self.augment.local_crops else [])}
+            for size in sorted(sizes):
+                if size % self.model.patch_size:
+                    raise ValueError(
+                        f"model.patch_size: {self.model.patch_size} does not divide the {size} px crops "
+                        "(augment.image_size / augment.local_image_size)"
+                    )
         if self.train.batch_size % self.train.num_workers:
             raise ValueError(
                 f"train.batch_size ({self.train.batch_size}) must be a multiple of "
                 f"train.num_workers ({self.train.num_workers})"
             )
         return self
+
+    def _views_fit_the_method(self) -> None:
+        from ssl_ray.methods import METHODS
+
+        a, name = self.augment, self.method.name
+        if METHODS[name].multi_crop:
+            if a.global_crops < 2:
+                raise ValueError(f"augment.global_crops: {name} predicts across global crops, needs at least 2")
+        elif a.num_views != 2:
+            takers = ", ".join(sorted(n for n, cls in METHODS.items() if cls.multi_crop))
+            raise ValueError(
+                f"augment.global_crops / augment.local_crops: {name} takes two views (2 global crops, 0 local); "
+                f"got {a.global_crops} + {a.local_crops}. Multi-crop is for {takers or 'multi-crop methods'}"
+            )
 
     @property
     def run_prefix(self) -> str:
@@ -356,13 +408,19 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _describe(error: ValidationError) -> str:
+def _describe(error: ValidationError, section: str | None = None, owner: str | None = None) -> str:
+    """One line per error, each naming its field (``section.field`` inside a section's own
+    model; ``owner`` says whose fields an unknown one is not among)."""
     lines = []
     for item in error.errors():
-        field = ".".join(str(part) for part in item["loc"]) or "(config)"
+        loc = [str(part) for part in item["loc"]]
         message = item["msg"].removeprefix("Value error, ")
+        if loc == ["method"] and message.startswith("method."):
+            lines.append(message)  # already described by the method's own fields
+            continue
+        field = ".".join(([section] if section else []) + loc) or "(config)"
         if item["type"] == "extra_forbidden":
-            message = "unknown field"
+            message = f"unknown field for {owner}" if owner else "unknown field"
         shown = item.get("input")
         suffix = f" (got {shown!r})" if item["type"] != "extra_forbidden" and not isinstance(shown, dict) else ""
         lines.append(f"{field}: {message}{suffix}")

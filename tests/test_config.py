@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from ssl_ray.config import ConfigError, flatten, load_config
+from ssl_ray.config import ConfigError, flatten, load_config, load_raw
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "pipelines" / "simclr_fashion_mnist.yaml"
@@ -46,13 +46,33 @@ def test_config_is_frozen(data_dir):
         ("train.batch_size=255", "train.batch_size"),  # with 2 workers: not divisible
         ("augment.blur_p=[1.0, 1.5]", "augment.blur_p"),
         ("augment.solarize_p=[0.1, 0.2, 0.3]", "augment.solarize_p"),  # one per view, two views
-        ("method.queue_size=0", "method.queue_size"),
+        ("method.queue_size=4096", "method.queue_size"),  # MoCo's, not SimCLR's: unknown for simclr
+        ("augment.local_crops=4", "augment.local_crops"),  # SimCLR takes two views
+        ("augment.global_crops=3", "augment.global_crops"),
     ],
 )
 def test_invalid_values_name_the_field(data_dir, override, field):
     extra = ["train.num_workers=2"] if override == "train.batch_size=255" else []
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         load_config(DEMO, [override, *extra])
+
+
+def test_method_fields_are_the_methods_own(data_dir):
+    """Each method validates its own fields, with its paper's defaults; another method's field
+    is named as unknown, with the fields that method does take."""
+    moco = load_config(DEMO, ["method.name=moco_v1", "method.queue_size=4096"]).method
+    assert (moco.queue_size, moco.temperature) == (4096, 0.2)  # the demo file sets 0.2
+    with pytest.raises(ConfigError, match=r"method\.queue_size: unknown field for simclr \(its fields: temperature"):
+        load_config(DEMO, ["method.queue_size=4096"])
+    with pytest.raises(ConfigError, match=r"method\.queue_size: Input should be greater than 0"):
+        load_config(DEMO, ["method.name=moco_v2", "method.queue_size=0"])
+    assert set(flatten(load_config(DEMO))) >= {"method.name", "method.temperature", "method.projection_dim"}
+    assert "method.queue_size" not in flatten(load_config(DEMO))
+
+
+def test_local_crops_must_be_smaller(data_dir):
+    with pytest.raises(ConfigError, match=r"augment\.local_image_size \(28\) must be below augment\.image_size"):
+        load_config(DEMO, ["augment.local_crops=2", "augment.local_image_size=28"])
 
 
 def test_unknown_method_lists_known_ones(data_dir):
@@ -94,6 +114,20 @@ def test_every_pipeline_file_loads(data_dir, path):
     if path.name.endswith("_fashion_mnist.yaml"):
         assert config.method.name == path.name.removesuffix("_fashion_mnist.yaml")
         assert config.model.width == 32 and config.train.epochs == 5  # from the shared base
+
+
+def test_every_method_has_its_pipeline_and_every_space_fits_one(data_dir):
+    """A user can run every registered method from ``pipelines/<method>_fashion_mnist.yaml``,
+    and every ``tune_spaces/<name>.yaml`` is a valid space for the pipeline of that name (a
+    space named after a family, moco.yaml, for its first member's)."""
+    from ssl_ray.methods import METHODS
+    from ssl_ray.tune.space import load_space
+
+    for name in METHODS:
+        assert (ROOT / "pipelines" / f"{name}_fashion_mnist.yaml").is_file(), name
+    for space in sorted((ROOT / "tune_spaces").glob("*.yaml")):
+        pipeline = next(p for p in sorted((ROOT / "pipelines").glob(f"{space.stem}*_fashion_mnist.yaml")))
+        assert load_space(space, load_raw(pipeline)).fields, space.name
 
 
 def test_base_pipeline_is_extended_field_by_field(data_dir, tmp_path):

@@ -5,23 +5,23 @@ Skipped without a GPU (CI has none); run on a GPU machine with ``pytest tests/te
 import pytest
 import torch
 
-from ssl_ray.config import config_from_dict
+from ssl_ray.config import config_from_dict, method_fields
 from ssl_ray.methods import METHODS, build_method
+from ssl_ray.methods.base import TrainingClock
 from ssl_ray.nn.precision import autocast, resolve_precision
+from ssl_ray.train.optim import build_optimizer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+GPU_SIZES = {"projection_hidden_dim": 256, "projection_dim": 64, "queue_size": 512, "num_classes": 4}
+
+
 def gpu_config(name, tmp_path):
+    fields = method_fields(name)
     return config_from_dict(
         {
-            "method": {
-                "name": name,
-                "projection_hidden_dim": 256,
-                "projection_dim": 64,
-                "queue_size": 512,
-                "num_classes": 4,
-            },
+            "method": {"name": name, **{k: v for k, v in GPU_SIZES.items() if k in fields}},
             "data": {"path": str(tmp_path), "channels": 3},
             "augment": {"image_size": 32},
             "model": {"width": 32, "blocks": [1, 1, 1, 1]},
@@ -42,19 +42,24 @@ def test_method_trains_in_bf16_on_the_gpu(name, tmp_path):
     assert resolve_precision("auto", device) == "bf16"
     torch.manual_seed(0)
     method = build_method(gpu_config(name, tmp_path)).to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(method.parameters(), lr=0.05, momentum=0.9, fused=True)
+    # The loop's optimiser (fused SGD on CUDA) and its frozen-first-epoch rule over an epoch
+    # boundary at step 4: parameters whose gradients start late must not break the fused step.
+    optimizer = build_optimizer(method.config.optim, method, 0.05, fused=True)
+    assert optimizer.defaults["fused"] is True
     generator = torch.Generator(device="cuda").manual_seed(0)
     batches = [structured_views(generator) for _ in range(4)]
     losses = []
     for step in range(24):
         labels = {"labels": torch.arange(128, device=device) % 4} if method.uses_labels else {}
+        method.clock = TrainingClock(step, 24, steps_per_epoch=4)
         with autocast("bf16", device):
             out = method(batches[step % 4], **labels)
         assert out["loss"].dtype == torch.float32, "losses are computed in fp32 under autocast"
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
+        method.drop_frozen_gradients()
         optimizer.step()
-        method.after_step(step, 24)
+        method.after_step()
         losses.append(out["loss"].item())
     assert all(torch.isfinite(torch.tensor(losses))), losses
     assert sum(losses[-4:]) / 4 < sum(losses[2:6]) / 4, losses
@@ -66,7 +71,6 @@ def test_the_loops_gpu_options_together(tmp_path):
     and the non-finite guard do in the worker loop, on CUDA without Ray (one process)."""
     from ssl_ray.data.views import DeviceViews
     from ssl_ray.train.guard import NonFiniteGuard
-    from ssl_ray.train.optim import build_optimizer
 
     device = torch.device("cuda")
     config = gpu_config("byol", tmp_path)
@@ -91,13 +95,14 @@ def test_the_loops_gpu_options_together(tmp_path):
     for step in range(20):
         batch = [v.contiguous(memory_format=torch.channels_last) for v in views(crops[step % 4])]
         assert batch[0].dtype == torch.float32 and batch[0].is_cuda
+        method.clock = TrainingClock(step, 20)
         with autocast("bf16", device):
             out = method(batch)
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         assert guard.step_is_finite(out["loss"], method.parameters())
         optimizer.step()
-        method.after_step(step, 20)
+        method.after_step()
         losses.append(out["loss"].item())
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4, losses
     nan_loss = out["loss"].detach() * float("nan")

@@ -99,29 +99,40 @@ def test_pretrain_checkpoint_resume_and_mlflow(tmp_path, mlflow_server, fashion_
 
 
 def _slow_if_covered(method: str):
-    # Kept in the default run: MoCo v2 (queue and key encoder through a resume, shuffle-BN
-    # across 2 workers). Outside it (``pytest -m slow``), to keep the suite in its time: MoCo v1
-    # (MoCo v2's class; only the head differs), and BYOL, MoCo v3 and SimSiam, whose losses,
-    # targets and predictors are unit-tested per method (test_methods: loss falls, gradients
-    # reach the online network only, EMA, stop-gradient, collapse ablation) and whose path
-    # through Ray Train is the SimCLR/MoCo v2 one (the loop does not branch on which SSL method runs).
-    covered = {"moco_v1", "byol", "moco_v3", "simsiam"}
-    return pytest.param(method, marks=pytest.mark.slow) if method in covered else method
+    # Kept in the default run: DINO (multi-crop views through Ray Data, an EMA teacher, the
+    # centre, the first-epoch freeze and the teacher-temperature clock, through a resume on 2
+    # workers). Outside it (``pytest -m slow``), to keep the suite in its time: every other
+    # method, each unit-tested on its own (test_methods: loss falls, gradients reach the online
+    # network only, EMA targets, queues, frozen layers, collapse monitors on a short run; the
+    # losses against hand computations and on 2 gloo workers), and whose path through Ray Train
+    # is SimCLR's or DINO's (the loop does not branch on which method runs). MoCo v2's queue and
+    # shuffle-BN are unit-tested on 2 gloo workers (test_queue), its checkpointed queue too.
+    return method if method == "dino" else pytest.param(method, marks=pytest.mark.slow)
 
 
 # SimCLR is covered below in full, and the supervised method by the evaluation's fine-tuning
 # run (tests/test_evaluate.py).
 @pytest.mark.parametrize("method", [_slow_if_covered(m) for m in sorted(set(METHODS) - {"simclr", "supervised"})])
 def test_every_method_trains_through_ray_train(tmp_path, mlflow_server, fashion_mnist_dir, method):
-    """Every other method, from its own pipeline file: one
-    short 2-worker DDP epoch with a falling loss and its collapse monitors logged. MoCo v2
-    also resumes, and its queue and key encoder must come back from the checkpoint."""
+    """Every other method, from its own pipeline file: one short 2-worker DDP epoch with a
+    falling loss and its collapse monitors logged. DINO and MoCo v2 also resume, and their
+    momentum targets and buffers (DINO's centre, MoCo's queue) must come back from the checkpoint."""
     # A queue of 384 keys is full after 3 of the 16 steps. At this width MoCo v2's loss at its
     # own temperature (0.2) moves too little in 16 steps to tell falling from noise (5.45 ->
     # 5.44 with a 256-key queue); at 0.1 it falls clearly. 0.2 is measured in benchmarks/.
     special = {
         "moco_v1": ["method.queue_size=384"],
         "moco_v2": ["method.queue_size=384", "method.temperature=0.1"],
+        "swav": ["method.queue_size=512"],
+        # The teacher, its centre and its temperature held for the one short epoch (a warming
+        # teacher temperature raises the loss by itself): what the student's gradient
+        # does through Ray Train is then a loss that falls (tests/test_methods.py: FIXED_TARGETS).
+        "dino": [
+            "method.ema_momentum=1.0",
+            "method.center_momentum=1.0",
+            "method.teacher_temperature_warmup_epochs=0",
+            "method.out_dim=1024",
+        ],
     }
     common = [
         *special.get(method, []),
@@ -140,7 +151,7 @@ def test_every_method_trains_through_ray_train(tmp_path, mlflow_server, fashion_
     start = 3 if method in ("moco_v1", "moco_v2") else 2
     assert sum(losses[-4:]) / 4 < sum(losses[start : start + 4]) / 4, losses
     assert run.data.metrics["collapse_std"] > 0 and run.data.metrics["collapse_rank"] >= 1.0
-    if method != "moco_v2":
+    if method not in ("moco_v2", "dino"):
         return
 
     pretrain(tmp_path, mlflow_server, "train.epochs=2", *common, "--resume", method=method)
@@ -148,7 +159,21 @@ def test_every_method_trains_through_ray_train(tmp_path, mlflow_server, fashion_
     (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if p.name.startswith(f"e2e-{method}-")]
     state = load_state(max((p for p in run_dir.glob("checkpoint_*") if p.is_dir()), key=lambda p: p.name))
     assert state["step"] == 32
-    # 32 steps of 128 keys have entered a 384-slot queue: the write position is 4096 mod 384.
-    # A queue lost on resume would have restarted at 0 and stand at 2048 mod 384 = 128.
-    assert int(state["model"]["queue.pointer"]) == 4096 % 384
     assert any(k.startswith("target_backbone.") for k in state["model"])
+    if method == "moco_v2":
+        # 32 steps of 128 keys have entered a 384-slot queue: the write position is 4096 mod 384.
+        # A queue lost on resume would have restarted at 0 and stand at 2048 mod 384 = 128.
+        assert int(state["model"]["queue.pointer"]) == 4096 % 384
+        return
+    # DINO: the centre is checkpointed (momentum 1.0 keeps it at its start here), and the
+    # teacher (momentum 1.0: still the student's initial weights) came back from the checkpoint
+    # rather than being rebuilt from the trained student; the student trained on.
+    assert torch.count_nonzero(state["model"]["center"]) == 0
+    first = load_state(min((p for p in run_dir.glob("checkpoint_*") if p.is_dir()), key=lambda p: p.name))
+    statistics = ("running_mean", "running_var", "num_batches_tracked")  # BN buffers move in train mode
+    for key, value in first["model"].items():
+        if key.startswith("target_") and not key.endswith(statistics):
+            torch.testing.assert_close(state["model"][key], value)
+    assert any(
+        not torch.equal(state["model"][k], first["model"][k]) for k in state["model"] if k.startswith("backbone.")
+    )

@@ -86,3 +86,51 @@ def test_asymmetric_recipe_solarizes_only_the_second_view():
     out = ViewMaker(config, channels=1, seed=0)({"image": images()})
     assert out["view0"].max() > 200
     assert out["view1"].max() <= 128
+
+
+MULTI_CROP = {"global_crops": 2, "local_crops": 4, "local_image_size": 12, "crop_scale": (0.5, 1.0)}
+
+
+def test_multi_crop_gives_global_then_local_crops_of_their_sizes():
+    config = AugmentConfig(image_size=24, **MULTI_CROP)
+    out = ViewMaker(config, channels=1)({"image": images(), "label": np.arange(16)})
+    assert [key for key in out if key.startswith("view")] == [f"view{i}" for i in range(6)]
+    assert [out[f"view{i}"].shape for i in range(6)] == [(16, 1, 24, 24)] * 2 + [(16, 1, 12, 12)] * 4
+    np.testing.assert_array_equal(out["label"], np.arange(16))
+
+
+def test_each_crop_of_each_image_draws_its_own_region_at_its_own_scale():
+    """One image copied 256 times, a horizontal ramp 0..255, no colour change or flip: a crop's
+    pixel range is the share of the width it covers, sqrt(scale * aspect). Local crops
+    (scale 0.05-0.4) cover 19-73% of it, global ones (0.5-1.0) 61-100%; every crop of every copy
+    lands somewhere else (its own parameters)."""
+    ramp = np.tile(np.linspace(0, 255, 56).astype(np.uint8), (256, 56, 1))
+    config = AugmentConfig(image_size=24, strength=0.0, flip_p=0.0, **MULTI_CROP)
+    out = ViewMaker(config, channels=1, seed=3)({"image": ramp})
+    widths = {
+        i: (out[f"view{i}"].max(axis=(1, 2, 3)).astype(int) - out[f"view{i}"].min(axis=(1, 2, 3))) / 255
+        for i in range(6)
+    }
+    for i in range(2, 6):
+        assert 0.14 < widths[i].min() and widths[i].max() < 0.78, (i, widths[i].min(), widths[i].max())
+    for i in range(2):
+        assert widths[i].min() > 0.55, (i, widths[i].min())
+    assert (
+        np.median(np.concatenate([widths[i] for i in range(2, 6)]))
+        < np.median(np.concatenate([widths[0], widths[1]])) - 0.3
+    )
+    # Independent draws: each crop's (left edge, right edge) differs across the copies and
+    # across the crops of one copy.
+    low = np.stack([out[f"view{i}"].min(axis=(1, 2, 3)).astype(int) for i in range(6)])
+    edges = low * 256 + np.stack([out[f"view{i}"].max(axis=(1, 2, 3)).astype(int) for i in range(6)])
+    assert len(np.unique(edges[2])) > 100, len(np.unique(edges[2]))
+    distinct_per_copy = np.array([len(set(edges[2:, copy])) for copy in range(256)])
+    assert (distinct_per_copy == 4).mean() > 0.8, np.bincount(distinct_per_copy)
+
+
+def test_local_crops_take_view_zeros_recipe_or_their_own_blur():
+    config = AugmentConfig(blur_p=(1.0, 0.1), solarize_p=(0.0, 0.2), **MULTI_CROP)
+    assert [config.for_view("blur_p", i) for i in range(6)] == [1.0, 0.1, 1.0, 1.0, 1.0, 1.0]
+    assert [config.for_view("solarize_p", i) for i in range(6)] == [0.0, 0.2, 0.0, 0.0, 0.0, 0.0]
+    own = AugmentConfig(blur_p=(1.0, 0.1), local_blur_p=0.5, **MULTI_CROP)
+    assert [own.for_view("blur_p", i) for i in range(6)] == [1.0, 0.1, 0.5, 0.5, 0.5, 0.5]

@@ -37,22 +37,20 @@ def from_arrays(images: np.ndarray, labels: np.ndarray) -> ray.data.Dataset:
     return ray.data.from_arrow(tables)
 
 
-def make_views(
-    batch: dict[str, np.ndarray], augment, channels: int, num_views: int, stage: str = "all"
-) -> dict[str, np.ndarray]:
+def make_views(batch: dict[str, np.ndarray], augment, channels: int, stage: str = "all") -> dict[str, np.ndarray]:
     """Views of a whole block, rows in a fresh random order. With the block order also
     randomised each epoch, every training batch is a new random draw of images (not the same
     256 neighbours in a new order) at no extra cost; a global shuffle would move all the data.
     A fresh ViewMaker per block costs about a millisecond and keeps this a plain task, which
     Ray Data can schedule on whatever CPU is free."""
     order = np.random.permutation(len(batch["image"]))
-    maker = ViewMaker(augment, channels, num_views, stage=stage)
+    maker = ViewMaker(augment, channels, stage=stage)
     return maker({key: value[order] for key, value in batch.items()})
 
 
 @dataclass
 class PretrainData:
-    train: ray.data.Dataset  # view0, view1, ... (uint8 (C, S, S)), label
+    train: ray.data.Dataset  # view0, view1, ... (uint8 (C, S, S), S the view's size), label
     knn_bank: ray.data.Dataset | None  # image, label: labelled training images (None: no kNN)
     knn_query: ray.data.Dataset | None  # image, label: held-out images
     train_size: int
@@ -61,22 +59,20 @@ class PretrainData:
     label_subset: list[str] | None = None
 
 
-def with_views(
-    images: ray.data.Dataset, augment, channels: int, num_views: int, stage: str = "all"
-) -> ray.data.Dataset:
+def with_views(images: ray.data.Dataset, augment, channels: int, stage: str = "all") -> ray.data.Dataset:
     """Views block by block (``batch_size=None``); ``stage="crop"``: crops only, the colour
     part of the recipe runs on the training device (``views.DeviceViews``). A row count here would also bundle the
     blocks of the read this step fuses with, and a read's blocks are shard paths: 2,048 rows
     would put 2,048 shards in one task and leave every other CPU idle (benchmarks/README.md)."""
     return images.map_batches(
         make_views,
-        fn_kwargs={"augment": augment, "channels": channels, "num_views": num_views, "stage": stage},
+        fn_kwargs={"augment": augment, "channels": channels, "stage": stage},
         batch_size=None,
         batch_format="numpy",
     )
 
 
-def _fashion_mnist(config: PipelineConfig, num_views: int, stage: str) -> PretrainData:
+def _fashion_mnist(config: PipelineConfig, stage: str) -> PretrainData:
     data = config.data
     train = fashion_mnist.load_split(data.path, "train")
     test = fashion_mnist.load_split(data.path, "test")
@@ -88,7 +84,7 @@ def _fashion_mnist(config: PipelineConfig, num_views: int, stage: str) -> Pretra
         kept = balanced_subset(train.labels[:train_size], data.label_fraction, data.label_seed)
     pretrain = from_arrays(train.images[kept], train.labels[kept])
     return PretrainData(
-        train=with_views(pretrain.randomize_block_order(), config.augment, data.channels, num_views, stage),
+        train=with_views(pretrain.randomize_block_order(), config.augment, data.channels, stage),
         knn_bank=from_arrays(train.images[:bank_size], train.labels[:bank_size]),
         knn_query=from_arrays(test.images[:query_size], test.labels[:query_size]),
         train_size=len(kept),
@@ -117,7 +113,7 @@ def _read(
     return files.parquet_shards(path, data, config.storage, size, counter, limit, shuffle)
 
 
-def _from_files(config: PipelineConfig, num_views: int, counter, stage: str) -> PretrainData:
+def _from_files(config: PipelineConfig, counter, stage: str) -> PretrainData:
     """Every location is listed here, on the driver, so a bad one fails before training."""
     data, e = config.data, config.eval
     subset = (data.label_fraction, data.label_seed) if data.label_fraction is not None else None
@@ -131,9 +127,7 @@ def _from_files(config: PipelineConfig, num_views: int, counter, stage: str) -> 
             # The bank: labelled training images without views (its own read; never counted).
             bank = _read(data.path, data.source, config, e.knn_bank_size)
     return PretrainData(
-        train=with_views(
-            train.dataset.select_columns(["image", "label"]), config.augment, data.channels, num_views, stage
-        ),
+        train=with_views(train.dataset.select_columns(["image", "label"]), config.augment, data.channels, stage),
         knn_bank=bank.dataset.select_columns(["image", "label"]) if bank else None,
         knn_query=query.dataset.select_columns(["image", "label"]) if query else None,
         train_size=train.size,
@@ -152,16 +146,14 @@ def check_data_locations(config: PipelineConfig) -> None:
             files.listing(path, config.storage)
 
 
-def build_pretrain_data(
-    config: PipelineConfig, num_views: int = 2, counter=None, augment_on_device: bool = False
-) -> PretrainData:
+def build_pretrain_data(config: PipelineConfig, counter=None, augment_on_device: bool = False) -> PretrainData:
     """The datasets a pretraining run needs; ``counter`` (a ``SkipCounter``) hears about every
     training file that could not be decoded. ``augment_on_device``: the views leave Ray Data
     cropped but otherwise untouched (uint8); the training loop applies the rest."""
     stage = "crop" if augment_on_device else "all"
     if config.data.source == "fashion_mnist":
-        return _fashion_mnist(config, num_views, stage)
-    return _from_files(config, num_views, counter, stage)
+        return _fashion_mnist(config, stage)
+    return _from_files(config, counter, stage)
 
 
 @dataclass

@@ -3,7 +3,9 @@
 Split in two stages so the same recipe can run wholly on CPUs inside Ray Data, or with only
 the crop there and the colour part on the GPU: ``crop_transform`` then ``colour_transform``.
 
-A recipe is a list of per-view transforms; SimCLR uses the same transform twice. Every sample
+A recipe is a list of per-view transforms, one per view ``augment`` asks for: SimCLR's two
+alike, BYOL's two asymmetric ones, or multi-crop's global crops followed by smaller local
+crops (each view one batch of one size, so the encoder sees one batch per crop size). Every sample
 gets its own random crop, flip, jitter and blur parameters, drawn in one batched call rather
 than image by image, so augmentation does not eat the cores that training needs.
 """
@@ -21,10 +23,12 @@ from ssl_ray.config import AugmentConfig
 from ssl_ray.data.colour import RandomColourJitter
 
 
-def crop_transform(config: AugmentConfig) -> nn.Module:
-    """The geometric part that must run where images still have their own sizes: a random
-    resized crop to ``image_size`` (what Ray Data does when the rest runs on the GPU)."""
-    return K.RandomResizedCrop((config.image_size, config.image_size), scale=config.crop_scale)
+def crop_transform(config: AugmentConfig, view: int = 0) -> nn.Module:
+    """The geometric part that must run where images still have their own sizes: view
+    ``view``'s random resized crop (global or local, by its size and scale), what Ray Data
+    does when the rest runs on the GPU."""
+    size = config.view_size(view)
+    return K.RandomResizedCrop((size, size), scale=config.view_crop_scale(view))
 
 
 def colour_transform(config: AugmentConfig, channels: int, view: int = 0) -> nn.Module:
@@ -42,7 +46,7 @@ def colour_transform(config: AugmentConfig, channels: int, view: int = 0) -> nn.
     blur_p = config.for_view("blur_p", view)
     if blur_p > 0:
         # Kernel about 10% of the image side, odd (SimCLR appendix A).
-        kernel = max(3, (config.image_size // 10) | 1)
+        kernel = max(3, (config.view_size(view) // 10) | 1)
         steps.append(K.RandomGaussianBlur((kernel, kernel), (0.1, 2.0), p=blur_p))
     solarize_p = config.for_view("solarize_p", view)
     if solarize_p > 0:
@@ -59,7 +63,7 @@ def view_transform(config: AugmentConfig, channels: int, view: int = 0) -> nn.Mo
     then Gaussian blur and solarization with view ``view``'s probabilities (BYOL, Grill et al.
     2020, Table 6: blur 1.0 / 0.1, solarize 0 / 0.2 for the two views).
     """
-    return nn.Sequential(crop_transform(config), *colour_transform(config, channels, view))
+    return nn.Sequential(crop_transform(config, view), *colour_transform(config, channels, view))
 
 
 class DeviceViews(nn.Module):
@@ -70,9 +74,9 @@ class DeviceViews(nn.Module):
     runs, drawing every image's parameters independently, in fp32.
     """
 
-    def __init__(self, config: AugmentConfig, channels: int, num_views: int = 2) -> None:
+    def __init__(self, config: AugmentConfig, channels: int) -> None:
         super().__init__()
-        self.transforms = nn.ModuleList(colour_transform(config, channels, min(i, 1)) for i in range(num_views))
+        self.transforms = nn.ModuleList(colour_transform(config, channels, i) for i in range(config.num_views))
 
     @torch.no_grad()
     def forward(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -81,9 +85,10 @@ class DeviceViews(nn.Module):
 
 
 class ViewMaker:
-    """Turns a batch of uint8 images (N, H, W) or (N, H, W, C) into ``num_views`` augmented
-    uint8 batches (N, C, S, S). Used as a Ray Data ``map_batches`` callable. ``stage="crop"``:
-    only each view's random crop (the training device does the rest, ``DeviceViews``).
+    """Turns a batch of uint8 images (N, H, W) or (N, H, W, C) into ``config.num_views``
+    augmented uint8 batches (N, C, S, S), S each view's size, as columns ``view0``, ``view1``,
+    ... Used as a Ray Data ``map_batches`` callable. ``stage="crop"``: only each view's random
+    crop (the training device does the rest, ``DeviceViews``).
 
     ``seed`` makes the views reproducible (same seed, same input -> same views); ``None`` draws
     fresh randomness each call, which is what training wants: new views every epoch.
@@ -93,17 +98,16 @@ class ViewMaker:
         self,
         config: AugmentConfig,
         channels: int,
-        num_views: int = 2,
         seed: int | None = None,
         stage: Literal["all", "crop"] = "all",
     ):
         self.channels = channels
-        self.num_views = num_views
         self.seed = seed
+        views = range(config.num_views)
         if stage == "crop":  # the rest runs on the training device (DeviceViews)
-            self.transforms = [crop_transform(config) for _ in range(num_views)]
+            self.transforms = [crop_transform(config, i) for i in views]
         else:
-            self.transforms = [view_transform(config, channels, min(i, 1)) for i in range(num_views)]
+            self.transforms = [view_transform(config, channels, i) for i in views]
         torch.set_num_threads(1)  # Ray Data runs one of these per CPU; don't oversubscribe.
 
     def views(self, images: np.ndarray) -> list[torch.Tensor]:

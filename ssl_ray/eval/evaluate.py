@@ -118,9 +118,13 @@ def _diagnostics(
     config = encoder.config
     sample = data.test.limit(DIAGNOSTIC_SAMPLE).take_batch(DIAGNOSTIC_SAMPLE, batch_format="numpy")
     images, labels = sample["image"], sample["label"]
-    model = EncoderSpec("weights", config.model, config.data.channels, encoder.state).build().eval()
+    model = (
+        EncoderSpec("weights", config.model, config.data.channels, encoder.state, image_size=config.augment.image_size)
+        .build()
+        .eval()
+    )
     threads = torch.get_num_threads()  # ViewMaker pins its process to one thread (it runs per CPU in Ray Data)
-    views = ViewMaker(config.augment, config.data.channels, num_views=2, seed=seed).views(images)
+    views = ViewMaker(config.augment, config.data.channels, seed=seed).views(images)
     torch.set_num_threads(threads)
     with torch.no_grad():
         features = torch.cat(
@@ -167,10 +171,12 @@ def evaluate(encoder: TrainedEncoder, options: EvaluateOptions, tracking_uri: st
     # their input (all CPUs as actors would starve those tasks and hang the pass).
     cpus = int(ray.cluster_resources().get("CPU", 1))
     actors = int(ray.cluster_resources()["GPU"]) if use_gpu else max(1, cpus - 1)
-    channels = config.data.channels
-    specs = [("trained encoder", PREFIX, EncoderSpec("weights", config.model, channels, encoder.state))]
+    channels, size = config.data.channels, config.augment.image_size
+    specs = [
+        ("trained encoder", PREFIX, EncoderSpec("weights", config.model, channels, encoder.state, image_size=size))
+    ]
     if options.baselines:
-        random_init = EncoderSpec("random", config.model, channels, seed=config.train.seed)
+        random_init = EncoderSpec("random", config.model, channels, seed=config.train.seed, image_size=size)
         specs.append(("random-init encoder", f"{PREFIX}/random_init", random_init))
         if config.eval.knn_raw_pixels:
             specs.append(("raw pixels", f"{PREFIX}/raw_pixels", EncoderSpec("pixels", config.model, channels)))

@@ -17,7 +17,7 @@ from torch import nn
 
 from ssl_ray.config import ModelConfig
 from ssl_ray.eval.features import as_nchw, pixels_as_features
-from ssl_ray.nn.backbones import build_backbone
+from ssl_ray.nn.backbones import build_encoder
 from ssl_ray.nn.precision import autocast, resolve_precision
 
 
@@ -33,13 +33,13 @@ class EncoderSpec:
     channels: int
     state: dict[str, torch.Tensor] | None = None
     seed: int = 0
+    image_size: int = 28  # what a ViT's position embeddings are sized for
 
     def build(self) -> nn.Module:
         if self.kind == "pixels":
             return pixels_as_features()
         torch.manual_seed(self.seed)
-        m = self.model
-        encoder, _ = build_backbone(m.backbone, self.channels, m.width, m.blocks, m.stem_stride, m.stem)
+        encoder, _ = build_encoder(self.model, self.channels, self.image_size)
         if self.kind == "weights":
             encoder.load_state_dict(self.state)
         return encoder

@@ -5,8 +5,10 @@ projector and predictor 4096 -> 256, target momentum 0.996 -> 1 along a cosine (
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
 from ssl_ray.methods.base import SSLMethod
+from ssl_ray.methods.params import MomentumTarget, Predictor, Projector
 from ssl_ray.methods.registry import register_method
 from ssl_ray.nn.heads import mlp
 from ssl_ray.nn.losses import NegativeCosineLoss
@@ -15,12 +17,11 @@ from ssl_ray.nn.schedules import cosine_momentum
 
 @register_method("byol")
 class BYOL(SSLMethod):
-    defaults = {
-        "projection_hidden_dim": 4096,
-        "projection_dim": 256,
-        "predictor_hidden_dim": 4096,
-        "ema_momentum": 0.996,
-    }
+    class Params(Projector, Predictor, MomentumTarget):
+        projection_hidden_dim: int = Field(default=4096, gt=0)
+        projection_dim: int = Field(default=256, gt=0)
+        predictor_hidden_dim: int = Field(default=4096, gt=0)
+        ema_momentum: float = Field(default=0.996, ge=0.0, le=1.0)
 
     def __init__(self, config) -> None:
         super().__init__(config)
@@ -42,5 +43,5 @@ class BYOL(SSLMethod):
         return {"loss": loss, "embedding": z[:n].detach()}
 
     @torch.no_grad()
-    def after_step(self, step: int, total_steps: int) -> None:
-        self.update_targets(cosine_momentum(step, total_steps, self.config.method.ema_momentum))
+    def after_step(self) -> None:
+        self.update_targets(cosine_momentum(self.clock.step, self.clock.total_steps, self.config.method.ema_momentum))

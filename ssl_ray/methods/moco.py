@@ -10,9 +10,11 @@ Paper defaults: K 65536, key momentum 0.999 held constant, temperature 0.07 (v1)
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from ssl_ray.methods.base import SSLMethod
+from ssl_ray.methods.params import MomentumTarget, Projector, Temperature
 from ssl_ray.methods.registry import register_method
 from ssl_ray.nn.distributed import shuffle_across_workers, unshuffle_across_workers
 from ssl_ray.nn.heads import mlp
@@ -21,6 +23,12 @@ from ssl_ray.nn.queue import KeyQueue
 
 
 class _MoCoWithQueue(SSLMethod):
+    class Params(Projector, MomentumTarget, Temperature):
+        temperature: float = Field(default=0.2, gt=0.0)
+        projection_dim: int = Field(default=128, gt=0)
+        ema_momentum: float = Field(default=0.999, ge=0.0, le=1.0)
+        queue_size: int = Field(default=65536, gt=0)  # K negatives kept from earlier batches
+
     sync_batchnorm = False  # shuffling BN (Sec. 3.3) is how MoCo keeps batch statistics honest
 
     def __init__(self, config) -> None:
@@ -47,7 +55,7 @@ class _MoCoWithQueue(SSLMethod):
         return {"loss": loss, "embedding": queries.detach()}
 
     @torch.no_grad()
-    def after_step(self, step: int, total_steps: int) -> None:
+    def after_step(self) -> None:
         self.update_targets(self.config.method.ema_momentum)  # Eq. 2, m constant
         if self._new_keys is not None:
             self.queue.enqueue(self._new_keys)  # gathered from every worker inside
@@ -56,7 +64,8 @@ class _MoCoWithQueue(SSLMethod):
 
 @register_method("moco_v1")
 class MoCoV1(_MoCoWithQueue):
-    defaults = {"temperature": 0.07, "projection_dim": 128, "queue_size": 65536, "ema_momentum": 0.999}
+    class Params(_MoCoWithQueue.Params):
+        temperature: float = Field(default=0.07, gt=0.0)
 
     @staticmethod
     def head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Module:
@@ -65,13 +74,8 @@ class MoCoV1(_MoCoWithQueue):
 
 @register_method("moco_v2")
 class MoCoV2(_MoCoWithQueue):
-    defaults = {
-        "temperature": 0.2,
-        "projection_hidden_dim": 2048,
-        "projection_dim": 128,
-        "queue_size": 65536,
-        "ema_momentum": 0.999,
-    }
+    class Params(_MoCoWithQueue.Params):
+        projection_hidden_dim: int = Field(default=2048, gt=0)
 
     @staticmethod
     def head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Module:

@@ -7,8 +7,10 @@ predictor 2-layer MLP 4096 -> 256, temperature 1.0, key momentum 0.99 -> 1 along
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
 from ssl_ray.methods.base import SSLMethod
+from ssl_ray.methods.params import MomentumTarget, Predictor, Projector, Temperature
 from ssl_ray.methods.registry import register_method
 from ssl_ray.nn.heads import mlp
 from ssl_ray.nn.losses import InfoNCELoss
@@ -17,13 +19,11 @@ from ssl_ray.nn.schedules import cosine_momentum
 
 @register_method("moco_v3")
 class MoCoV3(SSLMethod):
-    defaults = {
-        "temperature": 1.0,
-        "projection_hidden_dim": 4096,
-        "projection_dim": 256,
-        "predictor_hidden_dim": 4096,
-        "ema_momentum": 0.99,
-    }
+    class Params(Projector, Predictor, MomentumTarget, Temperature):
+        temperature: float = Field(default=1.0, gt=0.0)
+        projection_hidden_dim: int = Field(default=4096, gt=0)
+        projection_dim: int = Field(default=256, gt=0)
+        predictor_hidden_dim: int = Field(default=4096, gt=0)
 
     def __init__(self, config) -> None:
         super().__init__(config)
@@ -44,5 +44,5 @@ class MoCoV3(SSLMethod):
         return {"loss": loss, "embedding": z1.detach()}
 
     @torch.no_grad()
-    def after_step(self, step: int, total_steps: int) -> None:
-        self.update_targets(cosine_momentum(step, total_steps, self.config.method.ema_momentum))
+    def after_step(self) -> None:
+        self.update_targets(cosine_momentum(self.clock.step, self.clock.total_steps, self.config.method.ema_momentum))

@@ -4,8 +4,11 @@ Paper defaults: temperature 0.1 (batch 4096, Table 5), projection 2048 -> 128 (S
 from __future__ import annotations
 
 import torch
+from pydantic import Field
+from torch import nn
 
 from ssl_ray.methods.base import SSLMethod
+from ssl_ray.methods.params import Projector, Temperature
 from ssl_ray.methods.registry import register_method
 from ssl_ray.nn.heads import projection_head
 from ssl_ray.nn.losses import NTXentLoss
@@ -13,18 +16,28 @@ from ssl_ray.nn.losses import NTXentLoss
 
 @register_method("simclr")
 class SimCLR(SSLMethod):
-    defaults = {"temperature": 0.1, "projection_hidden_dim": 2048, "projection_dim": 128}
+    class Params(Projector, Temperature):
+        temperature: float = Field(default=0.1, gt=0.0)
+        projection_hidden_dim: int = Field(default=2048, gt=0)
 
     def __init__(self, config) -> None:
         super().__init__(config)
         m = config.method
         self.projector = projection_head(self.feature_dim, m.projection_hidden_dim, m.projection_dim)
-        self.criterion = NTXentLoss(m.temperature)
+        self.criterion = self.build_criterion(m)
+
+    @staticmethod
+    def build_criterion(params) -> nn.Module:
+        return NTXentLoss(params.temperature)
+
+    def project(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z1, z2) of the two views, in one pass: BN statistics over 2N images, as in the
+        reference code."""
+        if len(views) != 2:
+            raise ValueError(f"{self.name} takes 2 views, got {len(views)}")
+        z = self.projector(self.backbone(torch.cat(views)))
+        return z.chunk(2)
 
     def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        if len(views) != 2:
-            raise ValueError(f"SimCLR takes 2 views, got {len(views)}")
-        n = views[0].shape[0]
-        # One pass over both views: BN statistics over 2N images, as in the reference code.
-        z = self.projector(self.backbone(torch.cat(views)))
-        return {"loss": self.criterion(z[:n], z[n:]), "embedding": z[:n].detach()}
+        z1, z2 = self.project(views)
+        return {"loss": self.criterion(z1, z2), "embedding": z1.detach()}

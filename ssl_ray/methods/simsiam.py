@@ -5,8 +5,10 @@ bottleneck predictor (2048 -> 512 -> 2048), predictor learning rate held fixed (
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
 from ssl_ray.methods.base import SSLMethod
+from ssl_ray.methods.params import Predictor, Projector
 from ssl_ray.methods.registry import register_method
 from ssl_ray.nn.heads import mlp
 from ssl_ray.nn.losses import NegativeCosineLoss
@@ -14,7 +16,12 @@ from ssl_ray.nn.losses import NegativeCosineLoss
 
 @register_method("simsiam")
 class SimSiam(SSLMethod):
-    defaults = {"projection_hidden_dim": 2048, "projection_dim": 2048, "predictor_hidden_dim": 512}
+    class Params(Projector, Predictor):
+        projection_hidden_dim: int = Field(default=2048, gt=0)
+        projection_dim: int = Field(default=2048, gt=0)
+        # The collapse ablation (Sec. 4.1, Fig. 2): false removes the stop-gradient.
+        stop_gradient: bool = True
+
     fixed_lr_modules = ("predictor",)
 
     def __init__(self, config) -> None:

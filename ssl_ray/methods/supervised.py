@@ -13,12 +13,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_ray.methods.base import SSLMethod
+from ssl_ray.methods.params import Labelled
 from ssl_ray.methods.registry import register_method
 
 
 @register_method("supervised")
 class Supervised(SSLMethod):
     uses_labels = True
+    classifies = True
+    Params = Labelled
 
     def __init__(self, config) -> None:
         super().__init__(config)

@@ -1,17 +1,26 @@
-"""torchvision ResNets with a small-image stem and a width knob.
+"""Encoders: torchvision ResNets with a small-image stem and a width knob, and small ViTs.
 
 For 28-32 px images the ImageNet stem (7x7 stride-2 conv + max-pool) throws away most of the
 image, so small-image SSL work (SimCLR appendix B.9, solo-learn, lightly) uses a 3x3 stride-1
 first conv and no max-pool. ``width`` scales every stage (torchvision: 64-128-256-512), which
 is what makes a CPU-sized encoder out of the same architecture; ``stem_stride=2`` halves the
 resolution of every stage (a quarter of the compute) for encoders that trade detail for width.
+
+ViTs (DINO's other backbone) come from timm, sized by name as in DeiT / DINO (tiny: 192-d,
+3 heads; small: 384-d, 6 heads; 12 blocks), with the patch size a config field and position
+embeddings interpolated to each crop's size, so multi-crop's local crops pass through too.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+if TYPE_CHECKING:
+    from ssl_ray.config import ModelConfig
 
 _ARCHS: dict[str, tuple[type[BasicBlock] | type[Bottleneck], tuple[int, int, int, int]]] = {
     "resnet18": (BasicBlock, (2, 2, 2, 2)),
@@ -63,3 +72,34 @@ def build_backbone(
     net.bn1 = nn.BatchNorm2d(width)
     net.fc = nn.Identity()
     return nn.Sequential(ImageInput(), net), 8 * width * block.expansion
+
+
+_VITS = {"vit_tiny": (192, 3), "vit_small": (384, 6)}  # embedding width, heads
+
+
+def build_vit(name: str, in_channels: int, image_size: int, patch_size: int, depth: int = 12) -> tuple[nn.Module, int]:
+    """A ViT (Dosovitskiy et al. 2021) whose output is the class token, (N, D); any image size
+    that is a multiple of ``patch_size`` passes (DINO's local crops)."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    if name not in _VITS:
+        raise ValueError(f"unknown ViT {name!r}; known: {', '.join(_VITS)}")
+    width, heads = _VITS[name]
+    vit = VisionTransformer(
+        img_size=image_size,
+        patch_size=patch_size,
+        in_chans=in_channels,
+        embed_dim=width,
+        depth=depth,
+        num_heads=heads,
+        num_classes=0,
+        dynamic_img_size=True,
+    )
+    return nn.Sequential(ImageInput(), vit), width
+
+
+def build_encoder(model: ModelConfig, in_channels: int, image_size: int) -> tuple[nn.Module, int]:
+    """The configured encoder and its feature width D (what every method and evaluation builds)."""
+    if model.backbone.startswith("vit"):
+        return build_vit(model.backbone, in_channels, image_size, model.patch_size, model.vit_depth)
+    return build_backbone(model.backbone, in_channels, model.width, model.blocks, model.stem_stride, model.stem)

@@ -49,6 +49,15 @@ def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
+@torch.no_grad()
+def all_reduce_no_grad(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """``tensor`` summed (``op="max"``: maximised) over all workers, in place, no gradient;
+    itself with one process."""
+    if is_distributed():
+        dist.all_reduce(tensor, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
+    return tensor
+
+
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         value = value.detach().clone()
@@ -81,3 +90,9 @@ def unshuffle_across_workers(outputs: torch.Tensor, restore: torch.Tensor | None
         return outputs
     everything = gather_no_grad(outputs)
     return everything[restore.view(world_size(), -1)[rank()]]
+
+
+def this_workers_share(rows: torch.Tensor) -> torch.Tensor:
+    """Every ``world_size``-th row, starting at this worker's rank: a tensor every worker holds
+    in full (a gathered queue) split so that the workers' shares together hold each row once."""
+    return rows[rank() :: world_size()]

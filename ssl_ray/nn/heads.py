@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 
-def mlp(dims: list[int], last_bn: bool = False, hidden_bn: bool = True) -> nn.Sequential:
-    """Linear -> BN -> ReLU for each hidden layer, then a plain Linear (optionally with BN).
+def mlp(
+    dims: list[int], last_bn: bool = False, hidden_bn: bool = True, activation: type[nn.Module] = nn.ReLU
+) -> nn.Sequential:
+    """Linear -> BN -> activation for each hidden layer, then a plain Linear (optionally with BN).
 
     ``dims`` lists every width, input first: ``[512, 2048, 128]`` is a 2-layer MLP, and
-    ``[512, 128]`` a linear map. ``hidden_bn=False`` drops the hidden BN (MoCo v2's head).
+    ``[512, 128]`` a linear map. ``hidden_bn=False`` drops the hidden BN (MoCo v2's head);
+    ``activation`` is ReLU but for DINO's head (GELU).
     """
     if len(dims) < 2:
         raise ValueError(f"an MLP needs at least input and output widths, got {dims}")
@@ -19,7 +24,7 @@ def mlp(dims: list[int], last_bn: bool = False, hidden_bn: bool = True) -> nn.Se
             layers += [nn.Linear(width_in, width_out, bias=False), nn.BatchNorm1d(width_out)]
         else:
             layers.append(nn.Linear(width_in, width_out))
-        layers.append(nn.ReLU(inplace=True))
+        layers.append(activation())
     layers.append(nn.Linear(dims[-2], dims[-1], bias=not last_bn))
     if last_bn:
         layers.append(nn.BatchNorm1d(dims[-1], affine=False))
@@ -30,3 +35,33 @@ def projection_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential
     """SimCLR's g(.): "a MLP with one hidden layer to obtain z_i = g(h_i) = W2 relu(W1 h_i)"
     (Chen et al. 2020, Sec. 2.1); BN after the hidden layer as in the reference code."""
     return mlp([in_dim, hidden_dim, out_dim])
+
+
+class DINOHead(nn.Module):
+    """DINO's projection head (Caron et al. 2021, Sec. 3.1 and appendix): "a 3-layer multi-layer
+    perceptron (MLP) with hidden dimension 2048 followed by l2 normalization and a weight
+    normalized fully connected layer with K dimensions". The MLP ends in a ``bottleneck_dim``
+    (256) layer; the last layer has no bias and, with ``norm_last_layer`` (the reference
+    code's default), its weight norm held at 1, so only its direction learns (logits are
+    cosines); without it the norms learn too. GELU, and no BN unless ``hidden_bn``.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        hidden_bn: bool = False,
+        norm_last_layer: bool = True,
+    ) -> None:
+        super().__init__()
+        self.mlp = mlp([in_dim, hidden_dim, hidden_dim, bottleneck_dim], hidden_bn=hidden_bn, activation=nn.GELU)
+        self.last_layer = nn.utils.parametrizations.weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
+        norm = self.last_layer.parametrizations.weight.original0  # the weight norm g, (out_dim, 1)
+        with torch.no_grad():
+            norm.fill_(1.0)
+        norm.requires_grad_(not norm_last_layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last_layer(F.normalize(self.mlp(x), dim=-1))

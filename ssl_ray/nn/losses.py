@@ -20,14 +20,46 @@ def in_fp32(forward):
     def wrapped(self, *tensors, **kwargs):
         device_type = next((t.device.type for t in tensors if isinstance(t, torch.Tensor)), "cpu")
         with torch.autocast(device_type, enabled=False):
-            return forward(self, *(t.float() if isinstance(t, torch.Tensor) else t for t in tensors), **kwargs)
+            return forward(self, *(_fp32(t) for t in tensors), **{k: _fp32(v) for k, v in kwargs.items()})
 
     return wrapped
+
+
+def _fp32(value):
+    """Floating tensors in fp32; labels, indices and everything else as they are."""
+    return value.float() if isinstance(value, torch.Tensor) and value.is_floating_point() else value
 
 
 def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
     if a.shape != b.shape or a.ndim != 2:
         raise ValueError(f"expected two (N, D) tensors of one shape, got {tuple(a.shape)}, {tuple(b.shape)}")
+
+
+def _check_temperature(temperature: float) -> None:
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
+def _views_against_every_view(z1: torch.Tensor, z2: torch.Tensor, temperature: float):
+    """The code path the contrastive losses over 2N views share (NT-Xent, DCL, SupCon).
+
+    Anchors: this worker's 2n views, l2-normalised. Candidates: every worker's 2N views
+    (gathered with gradient, so negatives on other workers pass their gradient back). Returns
+    ``logits`` (2n, 2N) = cosine / tau with each anchor's own column at -inf, ``positive``
+    (2n,) the column of each anchor's other view."""
+    _check_pair(z1, z2)
+    local = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+    n = z1.shape[0]
+    # Every worker's views as candidates: [z1 of all workers, z2 of all workers].
+    all_z1 = gather_with_grad(local[:n])
+    candidates = torch.cat([all_z1, gather_with_grad(local[n:])])
+    total = all_z1.shape[0]
+    rows = torch.arange(n, device=local.device) + rank() * n
+    own = torch.cat([rows, rows + total])  # where each local view sits among the candidates
+    positive = torch.cat([rows + total, rows])
+    logits = local @ candidates.T / temperature
+    logits[torch.arange(2 * n, device=local.device), own] = float("-inf")
+    return logits, positive
 
 
 class NTXentLoss(nn.Module):
@@ -44,27 +76,82 @@ class NTXentLoss(nn.Module):
 
     def __init__(self, temperature: float = 0.2) -> None:
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        _check_temperature(temperature)
         self.temperature = temperature
 
     @in_fp32
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-        _check_pair(z1, z2)
-        local = F.normalize(torch.cat([z1, z2]).float(), dim=1)
-        n = z1.shape[0]
-        # Every worker's views as candidates: [z1 of all workers, z2 of all workers].
-        all_z1 = gather_with_grad(local[:n])
-        all_z2 = gather_with_grad(local[n:])
-        candidates = torch.cat([all_z1, all_z2])
-        total = all_z1.shape[0]
-        offset = rank() * n
-        rows = torch.arange(n, device=local.device)
-        own = torch.cat([rows + offset, rows + offset + total])  # where each local view sits
-        positive = torch.cat([rows + offset + total, rows + offset])
-        logits = local @ candidates.T / self.temperature
-        logits[torch.arange(2 * n, device=local.device), own] = float("-inf")
+        logits, positive = _views_against_every_view(z1, z2, self.temperature)
         return F.cross_entropy(logits, positive)
+
+
+class DecoupledContrastiveLoss(nn.Module):
+    """Decoupled contrastive loss (DCL, Yeh et al. 2022, arXiv:2110.06848): NT-Xent without the
+    positive pair in the denominator, which removes the negative-positive coupling that makes
+    NT-Xent need large batches:
+    ``l_i = -w_i sim(z_i, z_j)/tau + log sum_{k != i, k != j} exp(sim(z_i, z_k)/tau)``.
+
+    ``weight_sigma=None``: DCL, ``w_i = 1``. A value (the paper's 0.5): DCLW, the von
+    Mises-Fisher weighting ``w_i = 2 - exp(sim_i/sigma) / mean_k exp(sim_k/sigma)`` over the
+    positive similarities of the global batch, which weighs hard positives (low similarity)
+    up. The weight is held constant (no gradient), as a weight. Mean over all 2N anchors (the
+    paper sums the two one-way losses: the same up to a factor of 2).
+
+    Shapes: ``z1, z2``: (N, D), row i of each from the same image. Returns a scalar.
+    """
+
+    def __init__(self, temperature: float = 0.1, weight_sigma: float | None = None) -> None:
+        super().__init__()
+        _check_temperature(temperature)
+        if weight_sigma is not None and weight_sigma <= 0:
+            raise ValueError(f"weight_sigma must be > 0 (or None for unweighted DCL), got {weight_sigma}")
+        self.temperature = temperature
+        self.weight_sigma = weight_sigma
+
+    @in_fp32
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        logits, positive = _views_against_every_view(z1, z2, self.temperature)
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        positive_logit = logits[rows, positive]
+        negatives = logits.clone()
+        negatives[rows, positive] = float("-inf")  # decoupled: the positive leaves the denominator
+        weight = torch.ones_like(positive_logit)
+        if self.weight_sigma is not None:
+            with torch.no_grad():
+                similarity = positive_logit * self.temperature  # cosine of each positive pair
+                global_similarity = gather_no_grad(similarity[: z1.shape[0]])  # one per image
+                scale = torch.exp(global_similarity / self.weight_sigma).mean()
+                weight = 2 - torch.exp(similarity / self.weight_sigma) / scale
+        return (-weight * positive_logit + torch.logsumexp(negatives, dim=1)).mean()
+
+
+class SupConLoss(nn.Module):
+    """Supervised contrastive loss (Khosla et al. 2020, Eq. 2, "L^sup_out"): NT-Xent where
+    every view of the same label is a positive,
+    ``l_i = -1/|P(i)| sum_{p in P(i)} log( exp(sim(z_i, z_p)/tau) / sum_{a != i} exp(sim(z_i, z_a)/tau) )``
+    with P(i) every other view (any worker's) of anchor i's label; the other view of its own
+    image is always among them, so with all labels distinct this is NT-Xent. Mean over anchors.
+
+    Shapes: ``z1, z2``: (N, D); ``labels``: (N,) integers, row i's label. Returns a scalar.
+    """
+
+    def __init__(self, temperature: float = 0.1) -> None:
+        super().__init__()
+        _check_temperature(temperature)
+        self.temperature = temperature
+
+    @in_fp32
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if labels.shape != (z1.shape[0],):
+            raise ValueError(f"expected one label per row of z1 ({z1.shape[0]}), got shape {tuple(labels.shape)}")
+        logits, _ = _views_against_every_view(z1, z2, self.temperature)
+        all_labels = gather_no_grad(labels).repeat(2)  # label of each candidate view
+        anchors = torch.cat([labels, labels])
+        log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+        positives = anchors[:, None] == all_labels[None, :]
+        positives &= torch.isfinite(logits)  # not the anchor itself
+        mean_positive = log_prob.masked_fill(~positives, 0.0).sum(dim=1) / positives.sum(dim=1)
+        return -mean_positive.mean()
 
 
 class InfoNCELoss(nn.Module):
@@ -82,8 +169,7 @@ class InfoNCELoss(nn.Module):
 
     def __init__(self, temperature: float = 0.2) -> None:
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        _check_temperature(temperature)
         self.temperature = temperature
 
     @in_fp32

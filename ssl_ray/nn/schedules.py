@@ -20,3 +20,17 @@ def cosine_momentum(step: int, total_steps: int, base: float, final: float = 1.0
     2020, Sec. 3.2: ``tau = 1 - (1 - tau_base) * (cos(pi k / K) + 1) / 2``)."""
     progress = min(1.0, step / max(1, total_steps))
     return final - (final - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
+
+
+def linear_warmup_then_constant(step: int, warmup_steps: int, start: float, end: float) -> float:
+    """Linear from ``start`` at step 0 to ``end`` at ``warmup_steps``, then constant: DINO's
+    teacher temperature, 0.04 -> 0.07 over the first 30 epochs (Caron et al. 2021, implementation
+    details; the reference ``DINOLoss.teacher_temp_schedule``: ``np.linspace`` over
+    ``warmup_teacher_temp_epochs``, then constant). The reference reaches ``end`` one epoch
+    early (``linspace`` includes its endpoint); here the slope is ``(end - start) / warmup_steps``
+    and ``end`` is reached at ``warmup_steps``, counted in steps rather than epochs."""
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    if step >= warmup_steps:
+        return end
+    return start + (end - start) * step / warmup_steps

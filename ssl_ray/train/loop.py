@@ -23,7 +23,7 @@ from ssl_ray.eval.collapse import effective_rank, normalized_std
 from ssl_ray.eval.features import extract_features, pixels_as_features
 from ssl_ray.eval.knn import knn_top1
 from ssl_ray.methods import build_method
-from ssl_ray.methods.base import SSLMethod
+from ssl_ray.methods.base import SSLMethod, TrainingClock
 from ssl_ray.nn.distributed import all_reduce_mean, rank_zero_decides
 from ssl_ray.nn.precision import autocast, resolve_memory_format, resolve_precision
 from ssl_ray.nn.schedules import warmup_cosine
@@ -141,7 +141,7 @@ def _start(loop_config: dict[str, Any]) -> Worker:
         device_views=None,
     )
     if loop_config.get("augment_on_device"):
-        worker.device_views = DeviceViews(config.augment, config.data.channels, loop_config["num_views"]).to(device)
+        worker.device_views = DeviceViews(config.augment, config.data.channels).to(device)
         # Every rank the same weights (seeded above), but its own augmentation draws.
         torch.manual_seed(config.train.seed + 1 + rank)
     if state is None and loop_config.get("init_backbone") is not None:
@@ -194,6 +194,7 @@ def _train_epoch(w: Worker, shard, view_keys: list[str]) -> dict[str, float]:
         lr = warmup_cosine(w.step, plan.total_steps, plan.warmup_steps, plan.peak_lr, final_lr)
         for group in w.optimizer.param_groups:
             group["lr"] = plan.peak_lr if group.get("fixed_lr") else lr
+        w.method.clock = TrainingClock(w.step, plan.total_steps, plan.steps_per_epoch)
         views = [batch[key].to(w.device, non_blocking=True) for key in view_keys]
         if w.device_views is not None:
             views = w.device_views(views)  # uint8 crops -> augmented floats in [0, 1]
@@ -210,8 +211,9 @@ def _train_epoch(w: Worker, shard, view_keys: list[str]) -> dict[str, float]:
                 stopped = True
                 break
             continue
+        w.method.drop_frozen_gradients()
         w.optimizer.step()
-        w.method.after_step(w.step - 1, plan.total_steps)
+        w.method.after_step()
         losses.append(out["loss"].detach())
         if w.rank == 0:
             recent = [*recent[-(MONITOR_BATCHES - 1) :], out["embedding"].float()]
@@ -281,7 +283,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if w.rank == 0 and w.epoch == 0 and w.config.eval.knn_at_init and knn:
         _baselines(w)
     shard = ray.train.get_dataset_shard("train")
-    view_keys = [f"view{i}" for i in range(loop_config["num_views"])]
+    view_keys = [f"view{i}" for i in range(w.config.augment.num_views)]
     every = w.config.eval.knn_every_epochs
     while w.epoch < w.config.train.epochs:
         metrics = _train_epoch(w, shard, view_keys)
@@ -293,7 +295,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         w.epoch += 1
         if w.rank == 0 and knn and (w.epoch == w.config.train.epochs or (every and w.epoch % every == 0)):
             metrics["knn_top1"] = w.knn(w.method.backbone)
-            if w.method.uses_labels:
+            if w.method.classifies:
                 metrics["test_top1"] = w.classifier_top1()
         counter = loop_config.get("skip_counter")
         if w.rank == 0 and counter is not None:

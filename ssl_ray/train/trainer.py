@@ -20,7 +20,7 @@ from ssl_ray.config import ConfigError, PipelineConfig
 from ssl_ray.data.skips import SkipCounter
 from ssl_ray.data.sources import build_pretrain_data, check_data_locations
 from ssl_ray.methods import METHODS
-from ssl_ray.nn.backbones import build_backbone
+from ssl_ray.nn.backbones import build_encoder
 from ssl_ray.tracking.epoch_log import EpochMetricsLogger
 from ssl_ray.tracking.mlflow_run import RunTracker, resolve_tracking_uri
 from ssl_ray.tracking.model import log_encoder_model
@@ -79,7 +79,7 @@ def _with_label_classes(config: PipelineConfig, num_classes: int) -> PipelineCon
         return config
     if num_classes < 2:
         raise ConfigError(f"method {config.method.name} trains on labels, and {config.data.path} has none")
-    if config.method.num_classes is None:
+    if getattr(config.method, "num_classes", 0) is None:  # a classifier sized by the data
         return config.model_copy(update={"method": config.method.model_copy(update={"num_classes": num_classes})})
     return config
 
@@ -87,7 +87,7 @@ def _with_label_classes(config: PipelineConfig, num_classes: int) -> PipelineCon
 def _register_encoder(config: PipelineConfig, tracker: RunTracker, tracking_uri: str, weights: dict) -> None:
     """The backbone as an MLflow PyTorch model, registered (``tracking.registered_model``)."""
     m, channels, size = config.model, config.data.channels, config.augment.image_size
-    encoder, _ = build_backbone(m.backbone, channels, m.width, m.blocks, m.stem_stride, m.stem)
+    encoder, _ = build_encoder(m, channels, size)
     encoder.load_state_dict(weights)
     example = np.random.default_rng(0).integers(0, 256, (2, channels, size, size), dtype=np.uint8)
     name = config.tracking.registered_model or f"{config.run_prefix}-encoder"
@@ -181,7 +181,6 @@ def run_pretraining(
             "config": config.model_dump(mode="json"),
             "train_size": data.train_size,
             "num_classes": data.num_classes,
-            "num_views": 2,
             "knn": data.knn_bank is not None,
             "skip_counter": skips,
             "tracking_uri": tracking_uri,

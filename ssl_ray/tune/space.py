@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from ssl_ray.config import ConfigError, PipelineConfig, config_from_dict, merge_dotted
+from ssl_ray.config import ConfigError, PipelineConfig, config_from_dict, merge_dotted, method_fields
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 # Fields a sweep sets itself (each trial's run name and tracking), so a space may not.
@@ -109,14 +109,16 @@ def trial_values(params: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {f"{section}.{name}": value for section, fields in params.items() for name, value in fields.items()}
 
 
-def _known_field(field: str) -> bool:
+def _known_field(field: str, raw_config: dict[str, Any]) -> bool:
     section, _, name = field.partition(".")
+    if section == "method":  # the fields of the base pipeline's method
+        return name in method_fields((raw_config.get("method") or {}).get("name", "simclr"))
     model = PipelineConfig.model_fields.get(section)
     return bool(name) and model is not None and name in model.annotation.model_fields
 
 
-def _parse_dimension(where: str, field: Any, spec: Any) -> Dimension:
-    if not isinstance(field, str) or not _known_field(field):
+def _parse_dimension(where: str, field: Any, spec: Any, raw_config: dict[str, Any]) -> Dimension:
+    if not isinstance(field, str) or not _known_field(field, raw_config):
         raise SpaceError(f"{where}: unknown field (expected section.field of a pipeline, e.g. method.temperature)")
     if field in RESERVED:
         raise SpaceError(f"{where}: set by the sweep itself, cannot be searched")
@@ -150,7 +152,7 @@ def parse_space(entries: Any, raw_config: dict[str, Any], source: str = "search 
     dimensions = []
     for field, spec in entries.items():
         where = f"{source}: {field}"
-        dimension = _parse_dimension(where, field, spec)
+        dimension = _parse_dimension(where, field, spec, raw_config)
         for value in dimension.values_to_check:
             try:
                 config_from_dict(merge_dotted(raw_config, {field: value}))

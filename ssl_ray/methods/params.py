@@ -1,0 +1,40 @@
+"""Each method's own hyperparameters (``method.*`` in a pipeline), with its paper's defaults.
+
+A method declares ``Params``: a frozen pydantic model built from the groups below, overriding
+the defaults its paper uses. ``method: {name: swav, ...}`` is validated against SwAV's params
+only, so a field another method reads (``method.queue_size`` for SimCLR) is an unknown field
+rather than silently ignored, and adding a method never touches the config module.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class MethodParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Projector(MethodParams):
+    projection_hidden_dim: int = Field(default=512, gt=0)
+    projection_dim: int = Field(default=128, gt=0)
+
+
+class Predictor(MethodParams):
+    # Predictor MLP hidden width (BYOL, SimSiam's bottleneck, MoCo v3).
+    predictor_hidden_dim: int = Field(default=512, gt=0)
+
+
+class Temperature(MethodParams):
+    temperature: float = Field(default=0.2, gt=0.0)
+
+
+class MomentumTarget(MethodParams):
+    # The EMA target's momentum at step 0; BYOL, MoCo v3 and DINO raise it along a cosine to 1
+    # by the last step, MoCo v1/v2 keep it constant.
+    ema_momentum: float = Field(default=0.99, ge=0.0, le=1.0)
+
+
+class Labelled(MethodParams):
+    # Methods trained on labels with a classifier: its classes; None = the data's.
+    num_classes: int | None = Field(default=None, gt=1)
