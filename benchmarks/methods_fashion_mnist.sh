@@ -12,7 +12,9 @@ cd "$(dirname "$0")/.."
 epochs="${1:-2}"
 shift || true
 methods=("$@")
-[[ ${#methods[@]} -gt 0 ]] || methods=(simclr moco_v1 moco_v2 moco_v3 byol simsiam)
+# Default: every registered method but the supervised reference (run at the end).
+[[ ${#methods[@]} -gt 0 ]] || mapfile -t methods < <(.venv/bin/python -c \
+  'from ssl_ray.methods import METHODS; print("\n".join(sorted(m for m in METHODS if m != "supervised")))')
 experiment="methods-${epochs}ep"
 sizes=()
 [[ -n "${EVAL_TRAIN:-}" ]] && sizes+=(--train-size "$EVAL_TRAIN")

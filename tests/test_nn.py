@@ -56,6 +56,35 @@ def test_uint8_and_unit_float_inputs_agree():
     torch.testing.assert_close(net(images), net(images.float() / 255))
 
 
+def test_vit_encoder_takes_global_and_local_crops():
+    """The ViT option (DINO's other backbone): class-token features of every crop size that
+    is a multiple of the patch, position embeddings interpolated; the config refuses crops
+    the patch does not divide, naming the field."""
+    from ssl_ray.config import ConfigError, config_from_dict
+    from ssl_ray.nn.backbones import build_encoder
+
+    config = config_from_dict(
+        {
+            "method": {"name": "dino"},
+            "data": {"path": "."},
+            "model": {"backbone": "vit_tiny", "patch_size": 4, "vit_depth": 2},
+            "augment": {"local_crops": 2, "local_image_size": 12},
+        }
+    )
+    encoder, dim = build_encoder(config.model, 1, config.augment.image_size)
+    assert dim == 192
+    for size in (28, 12):
+        assert encoder(torch.randint(0, 256, (2, 1, size, size), dtype=torch.uint8)).shape == (2, 192)
+    with pytest.raises(ConfigError, match=r"model\.patch_size: 5 does not divide the 12 px crops"):
+        config_from_dict(
+            {
+                **config.model_dump(mode="json"),
+                "model": {"backbone": "vit_tiny", "patch_size": 5},
+                "data": {"path": "."},
+            }
+        )
+
+
 def test_mlp_layout():
     head = mlp([32, 64, 16])
     kinds = [type(m).__name__ for m in head]

@@ -177,3 +177,24 @@ def test_every_method_trains_through_ray_train(tmp_path, mlflow_server, fashion_
     assert any(
         not torch.equal(state["model"][k], first["model"][k]) for k in state["model"] if k.startswith("backbone.")
     )
+
+
+def test_supcon_on_images_without_labels_is_refused_naming_the_data(tmp_path, fashion_mnist_dir):
+    """SupCon needs labels: a folder of images with no class sub-folders stops the run before
+    any worker starts, with the method and the data's location in the message."""
+    from imagefiles import fashion_mnist_folder, write_local
+
+    files = fashion_mnist_folder(fashion_mnist_dir, "train", per_class=20)
+    flat = write_local(tmp_path / "unlabelled", {name.replace("/", "-"): raw for name, raw in files.items()})
+    done = run_cli(
+        "pretrain",
+        pipeline("supcon_fashion_mnist"),
+        *SMALL_RUN,
+        "data.source=images",
+        f"data.path={flat}",
+        f"train.storage_path={tmp_path / 'runs'}",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert f"method supcon trains on labels, and {flat} has none" in done.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
