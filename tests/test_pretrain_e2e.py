@@ -86,16 +86,8 @@ def test_pretrain_checkpoint_resume_and_mlflow(tmp_path, mlflow_server, fashion_
     weights = torch.load(encoder_file, weights_only=True)
     encoder, _ = build_backbone("resnet18", 1, width=8, blocks=(1, 1, 1, 1))
     encoder.load_state_dict(weights)  # the artifact is exactly the backbone, loadable as is
-
-    second = pretrain(tmp_path, mlflow_server, "train.epochs=2", *GPU_DEFAULTS, "--resume")
-    assert re.search(r"MLflow run id:\s+(\w+)", second.stdout).group(1) == run_id
-    assert len([p for p in (tmp_path / "runs").iterdir() if p.name.startswith("e2e-")]) == 1
-    epochs = [m.step for m in client.get_metric_history(run_id, "loss")]
-    assert sorted(epochs) == [1, 2], "the resumed run trains epoch 2 only, into the same MLflow run"
-    assert len(client.get_metric_history(run_id, "knn_top1_init")) == 1
-    steps = sorted(m.step for m in client.get_metric_history(run_id, "loss_step"))
-    assert steps == list(range(1, 2 * 16 + 1)), "step count continues from the checkpoint"
-    assert client.get_run(run_id).info.status == "FINISHED"
+    # --resume into the same MLflow run: DINO's run below, and SimCLR's from the bucket
+    # (test_object_storage.py).
 
 
 def _slow_if_covered(method: str):
@@ -123,7 +115,9 @@ def test_every_method_trains_through_ray_train(tmp_path, mlflow_server, fashion_
     special = {
         "moco_v1": ["method.queue_size=384"],
         "moco_v2": ["method.queue_size=384", "method.temperature=0.1"],
-        "swav": ["method.queue_size=512"],
+        # Without its queue: in one epoch a filling queue moves the codes (the loss steps up
+        # when it starts), and the prototypes stay frozen (first epoch); the queue is unit-tested.
+        "swav": ["method.queue_size=0"],
         # The teacher, its centre and its temperature held for the one short epoch (a warming
         # teacher temperature raises the loss by itself): what the student's gradient
         # does through Ray Train is then a loss that falls (tests/test_methods.py: FIXED_TARGETS).
@@ -154,8 +148,15 @@ def test_every_method_trains_through_ray_train(tmp_path, mlflow_server, fashion_
     if method not in ("moco_v2", "dino"):
         return
 
-    pretrain(tmp_path, mlflow_server, "train.epochs=2", *common, "--resume", method=method)
-    assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == [1, 2]
+    second = pretrain(tmp_path, mlflow_server, "train.epochs=2", *common, "--resume", method=method)
+    assert re.search(r"MLflow run id:\s+(\w+)", second.stdout).group(1) == run_id
+    assert len([p for p in (tmp_path / "runs").iterdir() if p.name.startswith(f"e2e-{method}-")]) == 1
+    epochs = [m.step for m in client.get_metric_history(run_id, "loss")]
+    assert sorted(epochs) == [1, 2], "the resumed run trains epoch 2 only, into the same MLflow run"
+    assert len(client.get_metric_history(run_id, "knn_top1_init")) == 1
+    steps = sorted(m.step for m in client.get_metric_history(run_id, "loss_step"))
+    assert steps == list(range(1, 2 * 16 + 1)), "step count continues from the checkpoint"
+    assert client.get_run(run_id).info.status == "FINISHED"
     (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if p.name.startswith(f"e2e-{method}-")]
     state = load_state(max((p for p in run_dir.glob("checkpoint_*") if p.is_dir()), key=lambda p: p.name))
     assert state["step"] == 32
