@@ -74,3 +74,16 @@ def test_alignment_uniformity_and_spectrum_by_hand():
     # Singular values 2 and 2: p = (1/2, 1/2), entropy log 2, effective rank 2.
     cross = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]]) * math.sqrt(2)
     assert effective_rank(cross) == pytest.approx(2.0, rel=1e-4)
+
+
+def test_finetuning_a_multi_crop_run_uses_two_global_views(tmp_path):
+    """A DINO or SwAV run (global and local crops) fine-tunes with the supervised method,
+    which takes two views: the fine-tuning config drops the local crops."""
+    from ssl_ray.config import load_config
+    from ssl_ray.eval.finetune import finetune_config
+
+    dino = load_config("pipelines/dino_fashion_mnist.yaml", [f"data.path={tmp_path}"])
+    assert dino.augment.local_crops == 4
+    tuned = finetune_config(dino, 0.1, epochs=2)
+    assert tuned.method.name == "supervised"
+    assert (tuned.augment.global_crops, tuned.augment.local_crops) == (2, 0)

@@ -40,8 +40,9 @@ def finetune_config(
     batch = max(workers, min(pretraining.train.batch_size, int(labelled // 2) // workers * workers))
     raw["method"] = {"name": "supervised"}
     raw["data"].update(label_fraction=None if fraction >= 1.0 else fraction, label_seed=seed, train_subset=train_size)
-    # Fine-tuning views: crop and flip, no colour (SimCLR's fine-tuning recipe).
-    raw["augment"].update(strength=0.0, jitter_p=0.0, blur_p=0.0, solarize_p=0.0)
+    # Fine-tuning views: crop and flip, no colour (SimCLR's fine-tuning recipe), and no local
+    # crops whatever the pretraining used (the classifier trains on one global view).
+    raw["augment"].update(strength=0.0, jitter_p=0.0, blur_p=0.0, solarize_p=0.0, global_crops=2, local_crops=0)
     raw["optim"] = {"name": "sgd", "base_lr": BASE_LR, "lr_scaling": "linear", "weight_decay": 5e-4, "warmup_epochs": 0}
     start = "scratch" if from_scratch else "finetune"
     raw["train"].update(
