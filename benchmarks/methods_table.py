@@ -29,7 +29,9 @@ print(
 print("|---|---|---|---|---|---|---|---|")
 for name, run in sorted(newest.items()):
     m, p = run.data.metrics, run.data.params
-    dim = int(p["method.projection_dim"])
+    # The monitors' embedding: the projection, or (DINO, whose head is K wide) the encoder's
+    # features, 8 x width for the basic-block ResNets of the Fashion-MNIST pipelines.
+    dim = int(p.get("method.projection_dim") or 8 * int(p["model.width"]))
     minutes = (run.info.end_time - run.info.start_time) / 60000 if run.info.end_time else float("nan")
     print(
         f"| {name} | {pct(m, 'knn_top1')} | {pct(m, 'knn_top1_init')} | {m['loss']:.3f} "
