@@ -16,7 +16,10 @@ def pct(metrics: dict, key: str) -> str:
 client = MlflowClient(resolve_tracking_uri(None))
 experiment = client.get_experiment_by_name(sys.argv[1])
 runs = client.search_runs(
-    [experiment.experiment_id], "tags.`mlflow.parentRunId` IS NULL", order_by=["attributes.start_time DESC"]
+    # An unfinished run (stopped, crashed) has no final metrics: the newest finished one counts.
+    [experiment.experiment_id],
+    "tags.`mlflow.parentRunId` IS NULL and attributes.status = 'FINISHED'",
+    order_by=["attributes.start_time DESC"],
 )
 newest = {}
 for run in runs:
