@@ -7,7 +7,8 @@
 # Environment: EVAL_TRAIN / EVAL_TEST cap the evaluation's labelled sets (default: all 60,000 /
 # 10,000), LABELS the fine-tuning shares (default "10%"; "1% 10%" for both), FINETUNE_EPOCHS its
 # epochs (default 30), KNN_EVERY the pretraining's kNN monitor interval in epochs (default 1; the
-# evaluation measures kNN again at the end).
+# evaluation measures kNN again at the end), BASELINES=0 to skip the baselines (a continued
+# table whose first part measured them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 epochs="${1:-2}"
@@ -22,11 +23,11 @@ sizes=()
 [[ -n "${EVAL_TEST:-}" ]] && sizes+=(--test-size "$EVAL_TEST")
 protocols=(--protocol knn --protocol linear --protocol finetune --finetune-epochs "${FINETUNE_EPOCHS:-30}" --no-diagnostics)
 for share in ${LABELS:-10%}; do protocols+=(--labels "$share"); done
-first=1
+first=${BASELINES:-1}
 for method in "${methods[@]}"; do
   out=$(.venv/bin/ssl-ray pretrain "pipelines/${method}_fashion_mnist.yaml" "train.epochs=${epochs}" \
     "tracking.experiment=${experiment}" "train.run_name=bench-${method}" "eval.knn_raw_pixels=false" \
-    "eval.knn_every_epochs=${KNN_EVERY:-1}" | tee /dev/stderr)
+    "eval.knn_every_epochs=${KNN_EVERY:-1}" | tee >(cat >&2))  # not /dev/stderr: reopening truncates a log file
   run_id=$(grep -oP 'MLflow run id:\s+\K\w+' <<<"$out")
   # The baselines do not depend on the method: measured with the first one only.
   extra=(eval.knn_raw_pixels=true)  # the pretraining skipped it; the evaluation's baseline

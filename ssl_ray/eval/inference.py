@@ -57,7 +57,8 @@ class EmbedImages:
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        images = as_nchw(torch.from_numpy(np.ascontiguousarray(batch["image"])).to(self.device))
+        # Ray hands zero-copy, read-only arrays; torch warns on those, so copy (uint8: cheap) when read-only.
+        images = as_nchw(torch.from_numpy(np.require(batch["image"], requirements=["C", "W"])).to(self.device))
         with autocast(self.precision, self.device):
             features = self.encoder(images).float()
         passed = {k: v for k, v in batch.items() if k != "image"}  # labels, and which split a row is from
