@@ -364,3 +364,32 @@ def test_collapse_monitors_stay_healthy_on_a_short_run(name, fashion_mnist_dir):
     std, rank, dim = short_run_monitors(name, fashion_mnist_dir)
     assert std > 0.2 / math.sqrt(dim), (std, dim)
     assert rank > 8, rank
+
+
+def test_supervised_classifier_does_not_depend_on_the_feature_scale(tmp_path):
+    """Fine-tuning must not punish an encoder for the scale of its features (arbitrary under
+    Barlow Twins' batch-normalised loss): the same encoder with its features x50 gives the
+    same loss and the same gradients on the classifier."""
+    config = small_config("supervised", tmp_path)
+    views = batch_of_views(config=config)
+    losses, grads = [], []
+    for scale in (1.0, 50.0):
+        torch.manual_seed(0)
+        method = build_method(config)
+        if scale != 1.0:
+            method.backbone = torch.nn.Sequential(method.backbone, ScaledBy(scale))
+        loss = method(**step_inputs(method, views))["loss"]
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(method.classifier.weight.grad.clone())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    assert torch.allclose(grads[0], grads[1], rtol=1e-3, atol=1e-5)
+
+
+class ScaledBy(torch.nn.Module):
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor

