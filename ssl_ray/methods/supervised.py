@@ -10,7 +10,7 @@ al. 2022, Sec. 4, uses one before its linear probe): the scale of an encoder's f
 arbitrary where its loss is scale-invariant (Barlow Twins' embeddings are batch-normalised),
 and a linear head on features 5x larger steps 25x further at the same learning rate.
 Measured: fine-tuning Barlow Twins' 5-epoch encoder (features 5.4x the norm of SimCLR's) on
-10% of the labels reached 71.4% without it, 12 points below the same from a random init.
+10% of the labels reached 71.4% without it, 11.6 points below the same from a random init (83.0%).
 """
 
 from __future__ import annotations
