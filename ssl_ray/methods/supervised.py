@@ -38,11 +38,13 @@ class Supervised(SSLMethod):
         self.classifier = nn.Linear(self.feature_dim, config.method.num_classes)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.feature_norm(self.backbone(images)))
+        return self.classify(self.backbone(images))
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.feature_norm(features))
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         if labels is None:
             raise ValueError("the supervised method needs the batch's labels")
         features = self.backbone(views[0])
-        logits = self.classifier(self.feature_norm(features))
-        return {"loss": F.cross_entropy(logits.float(), labels), "embedding": features.detach()}
+        return {"loss": F.cross_entropy(self.classify(features).float(), labels), "embedding": features.detach()}
