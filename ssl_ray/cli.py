@@ -30,7 +30,9 @@ def _pretrain(args: argparse.Namespace) -> int:
         return "n/a" if value is None else f"{100 * value:.1f}%"
 
     print()
-    print(f"kNN top-1 on the {config.eval.knn_query_size or 'full'} test images (k={config.eval.knn_k}):")
+    print(
+        f"kNN top-1 on the {config.eval.knn_query_size or 'full'} test images (k={result.knn_k or config.eval.knn_k}):"
+    )
     print(f"  raw pixels            {pct(result.knn_top1_raw_pixels)}")
     print(f"  random-init encoder   {pct(result.knn_top1_init)}")
     print(f"  trained encoder       {pct(result.knn_top1)}   ({result.epochs_done} epochs)")
@@ -93,13 +95,10 @@ def _label_fraction(text: str) -> float:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from ssl_ray.config import StorageConfig
+    from ssl_ray.config import storage_from_overrides
     from ssl_ray.data.prepare import PrepareOptions, prepare
 
-    try:
-        storage = StorageConfig(endpoint_url=args.endpoint_url, region=args.region)
-    except ValueError as error:
-        raise ConfigError(f"--endpoint-url/--region: {error}") from None
+    storage = storage_from_overrides(args.overrides)  # storage.endpoint_url=..., as every command spells it
     options = PrepareOptions(
         source=args.source, split=args.split, shard_mb=args.shard_mb, seed=args.seed, storage=storage
     )
@@ -239,11 +238,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="finetune: epochs (default: 60 at 1%%, 30 at 10%%, the pretraining's at 100%%)",
     )
     check.add_argument("--config", help="pipeline YAML, for a checkpoint that holds no config")
-    check.add_argument("--train-size", type=int, help="use the first N labelled training images (default: all)")
-    check.add_argument("--test-size", type=int, help="use the first N test images (default: all)")
+    check.add_argument(
+        "--train-size",
+        type=int,
+        help="a class-stratified sample of N labelled training images, drawn with --seed (default: all)",
+    )
+    check.add_argument(
+        "--test-size", type=int, help="a class-stratified sample of N test images, drawn with --seed (default: all)"
+    )
     check.add_argument("--no-baselines", action="store_true", help="skip the random-init and raw-pixel baselines")
     check.add_argument("--no-diagnostics", action="store_true", help="skip the geometry numbers and the plots")
-    check.add_argument("--seed", type=int, default=0, help="seed of the probe's held-out split and the views")
+    check.add_argument(
+        "--seed", type=int, default=0, help="seed of the samples, the probe's held-out split and the views"
+    )
     check.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
     check.set_defaults(handler=_evaluate)
 
@@ -259,8 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     shards.add_argument("--split", choices=["train", "test"], default="train", help="Fashion-MNIST split")
     shards.add_argument("--shard-mb", type=float, default=64.0, help="target shard size in MiB (default 64)")
     shards.add_argument("--seed", type=int, default=0, help="seed of the random order images are written in")
-    shards.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS, or $AWS_ENDPOINT_URL)")
-    shards.add_argument("--region", help="S3 region")
+    shards.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="storage.field=value",
+        help="where the object store is, as in a pipeline: storage.endpoint_url=http://host:9000 storage.region=...",
+    )
     shards.set_defaults(handler=_prepare)
     return parser
 
@@ -268,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # Overrides may come after options too (``--resume train.epochs=4``).
+    for flag in ("--endpoint-url", "--region"):
+        if any(item == flag or item.startswith(flag + "=") for item in argv or sys.argv[1:]):
+            field = flag.removeprefix("--").replace("-", "_")
+            parser.error(f"{flag} is spelled storage.{field}=VALUE in every command")
     args, rest = parser.parse_known_args(argv)
     takes_overrides = hasattr(args, "overrides")
     stray = [item for item in rest if "=" not in item or item.startswith("-") or not takes_overrides]

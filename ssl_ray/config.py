@@ -64,7 +64,8 @@ class DataConfig(_Section):
     # Decoded images are resized (shorter side) and centre-cropped to this square, then the
     # view recipe crops from it; None = ``augment.image_size``.
     decode_size: int | None = Field(default=None, ge=8)
-    # Pretrain on the first N training images (None = all). The kNN bank stays the full set.
+    # Pretrain on N training images (None = all): a class-stratified sample drawn with
+    # ``train.seed``. The kNN bank is sampled on its own (``eval.knn_bank_size``).
     train_subset: int | None = Field(default=None, gt=0)
     # Train on a class-balanced share of the labelled training images, drawn with
     # ``label_seed`` (the same images for the same seed): few-label fine-tuning's 1% / 10%.
@@ -308,7 +309,9 @@ class EvalConfig(_Section):
     knn_temperature: float = Field(default=0.07, gt=0.0)
     # Run the kNN monitor every N epochs (and always after the last one); 0 = only at the end.
     knn_every_epochs: int = Field(default=1, ge=0)
-    # Memory bank: the first N labelled training images (None = all); queries: the test set.
+    # Memory bank: N labelled training images (None = all); queries: N test images. Both
+    # class-stratified samples drawn with ``train.seed``. ``knn_k`` is clipped to the bank's
+    # smallest class (with a warning).
     knn_bank_size: int | None = Field(default=None, gt=0)
     knn_query_size: int | None = Field(default=None, gt=0)
     # Before training: the kNN of the random-init encoder, and of raw pixels as a baseline.
@@ -475,6 +478,21 @@ def merge_dotted(raw: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> PipelineConfig:
     return config_from_dict(load_raw(path, overrides))
+
+
+def storage_from_overrides(overrides: list[str]) -> StorageConfig:
+    """``storage.field=value`` pairs (the pipeline's own spelling) for a command that takes no
+    pipeline (``prepare``): any other section is refused, naming it."""
+    tree = parse_overrides(overrides)
+    others = sorted(set(tree) - {"storage"})
+    if others:
+        raise ConfigError(
+            f"{others[0]}: this command takes only storage.* settings (storage.endpoint_url, storage.region)"
+        )
+    try:
+        return StorageConfig.model_validate(tree.get("storage", {}))
+    except ValidationError as error:
+        raise ConfigError(f"invalid config: {_describe(error, 'storage')}") from None
 
 
 def flatten(config: PipelineConfig) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from PIL import Image
 from ssl_ray.cli import build_parser
 from ssl_ray.config import config_from_dict
 from ssl_ray.data.fashion_mnist import load_split
+from ssl_ray.data.subsets import stratified_sample
 from ssl_ray.eval.encoders import load_encoder
 from ssl_ray.eval.evaluate import EvaluateOptions, Evaluation
 from ssl_ray.eval.evaluate import evaluate as evaluate_encoder
@@ -180,9 +181,12 @@ def test_few_label_finetuning_through_ray_train(pretrained, mlflow_server, fashi
     assert child.info.status == "FINISHED" and child.data.metrics["test_top1"] == pytest.approx(tuned)
     path = client.download_artifacts(child.info.run_id, "labels/label_subset.txt", str(pretrained["tmp"]))
     subset = [int(i) for i in open(path).read().split()]
-    assert all(i < 2000 for i in subset)  # training images only; the test set is a different split
+    # The pool is the run's class-stratified sample of 2,000 training images (its train.seed);
+    # the few labels are 10% of each class of it.
     labels = load_split(str(fashion_mnist_dir), "train").labels
-    per_class = np.bincount(labels[:2000], minlength=10)
+    pool = stratified_sample(labels, 2000, int(child.data.params["train.seed"]))
+    assert set(subset) <= set(pool.tolist())
+    per_class = np.bincount(labels[pool], minlength=10)
     assert np.bincount(labels[subset], minlength=10).tolist() == np.round(0.1 * per_class).astype(int).tolist()
     assert client.get_run(pretrained["run_id"]).data.metrics["eval/finetune_top1_10pct"] == pytest.approx(tuned)
 

@@ -16,13 +16,16 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 from cli import SMALL_RUN, pipeline, run_cli
-from imagefiles import BAD_FILES, bad_files, fashion_mnist_folder, odd_mode_files, upload, write_local
+from imagefiles import BAD_FILES, bad_files, encode, fashion_mnist_folder, odd_mode_files, upload, write_local
 from mlflow.tracking import MlflowClient
+from PIL import Image
 from services import S3_KEY_ID, S3_SECRET, start_moto
 
+import ssl_ray.data.files as files_module
 from ssl_ray.config import StorageConfig, config_from_dict
+from ssl_ray.data.decode import PROBE_BYTES
 from ssl_ray.data.errors import DataSourceError
-from ssl_ray.data.files import image_files, listing, parquet_shards
+from ssl_ray.data.files import Selection, image_files, listing, parquet_shards
 from ssl_ray.data.objectstore import list_files
 from ssl_ray.data.prepare import PrepareOptions, prepare
 from ssl_ray.data.skips import SkipCounter
@@ -70,24 +73,41 @@ def test_image_folder_is_read_labelled_converted_and_bad_files_counted(
     storage = StorageConfig(endpoint_url=s3_server)
     counter = SkipCounter.remote()
     source = image_files(url, storage, channels=3, size=20, counter=counter)
-    assert source.size == len(files)
+    # The listing's check reads each small file whole (a tiny decode) and so leaves out all
+    # five bad files before any epoch: the size is what decodes, not what is listed.
+    good = len(files) - len(BAD_FILES)
+    assert source.size == good
+    assert source.skipped == expected_skips()
     assert source.classes == ("pullover", "t-shirt-top", "trouser")
     out = rows(source.dataset)
-    good = len(files) - len(BAD_FILES)
     assert out["image"].shape == (good, 20, 20, 3) and out["image"].dtype == np.uint8
     # Labels follow the folders: 8 pullovers, 8 t-shirts, 8 + 6 odd-mode trousers.
     assert np.bincount(out["label"], minlength=3).tolist() == [8, 8, 14]
     summary = ray.get(counter.summary.remote())
-    assert summary["kept"] == good
-    assert summary["skipped"] == expected_skips()
-    assert any(path.endswith("bad-truncated.jpg") for path in summary["examples"]["truncated"])
+    assert summary["kept"] == good and summary["skipped"] == {}
+
+
+def test_large_files_get_a_header_check_and_the_rest_is_skipped_when_met(tmp_path, local_ray):
+    """Past PROBE_BYTES only the header is read: a large file truncated after a good header
+    passes the listing's check, and the full decode finds it and counts it when it is met."""
+    noise = np.random.default_rng(0).integers(0, 256, (320, 320, 3), dtype=np.uint8)
+    big = encode(Image.fromarray(noise), "PNG", compress_level=0)
+    assert len(big) > 4 * PROBE_BYTES
+    files = {**bad_files(), "big.png": big, "big-truncated.png": big[: len(big) // 2]}
+    root = write_local(tmp_path / "big", files)
+    counter = SkipCounter.remote()
+    source = image_files(str(root), StorageConfig(), channels=3, size=16, counter=counter)
+    assert source.skipped == expected_skips()  # the small bad files, each read whole
+    assert source.size == 2
+    assert len(rows(source.dataset)["image"]) == 1
+    assert ray.get(counter.summary.remote())["skipped"] == {"truncated": 1}
 
 
 def test_a_file_gone_after_listing_is_counted_unreadable(tmp_path, fashion_mnist_dir, local_ray):
     root = write_local(tmp_path / "train", fashion_mnist_folder(fashion_mnist_dir, "train", per_class=4))
     counter = SkipCounter.remote()
     source = image_files(str(root), StorageConfig(), channels=1, size=16, counter=counter)
-    gone = next(root.rglob("*.png"))
+    gone = sorted(root.rglob("*.png"))[0]
     gone.unlink()  # deleted between the listing and the read, as in a live bucket
     assert len(rows(source.dataset)["image"]) == source.size - 1
     summary = ray.get(counter.summary.remote())
@@ -126,10 +146,16 @@ def test_prepare_into_the_bucket_then_read_the_shards(s3, s3_server, tmp_path, f
             .to_pylist()
         )
         assert len(labels) < 3 or len(set(labels)) > 1, (key, labels)
-    # One read task per shard however small the shards (the stock reader made one for all).
-    assert shards.dataset.materialize().num_blocks() >= manifest["shards"]
-    # A row limit keeps the same images whatever order the shards are read in.
-    limited = parquet_shards(config.data.path, config.data, storage, size=16, limit=12)
+    # Read tasks hold about ROWS_PER_TASK rows in whole row groups, however small the shards
+    # (the stock reader made one task for all): at one row per task, a task per row group.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(files_module, "ROWS_PER_TASK", 1)
+        each = parquet_shards(config.data.path, config.data, storage, size=16, selection=Selection(shuffle_seed=0))
+    assert each.dataset.materialize().num_blocks() >= manifest["shards"]
+    # A subset keeps the same images whatever order the row groups are read in.
+    limited = parquet_shards(
+        config.data.path, config.data, storage, size=16, selection=Selection(size=12, shuffle_seed=0)
+    )
     first, second = rows(limited.dataset), rows(limited.dataset)
     assert limited.size == 12 and len(first["image"]) == 12
     assert sorted(map(bytes, first["image"])) == sorted(map(bytes, second["image"]))
@@ -150,8 +176,7 @@ def test_prepare_fashion_mnist_through_the_cli(s3, s3_server, fashion_mnist_dir)
         "test",
         "--shard-mb",
         "1",
-        "--endpoint-url",
-        s3_server,
+        f"storage.endpoint_url={s3_server}",
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -235,7 +260,9 @@ def test_pretrain_from_the_bucket_checkpoint_to_it_and_resume(
     train_files.update({f"coat/bad-{name}": raw for name, raw in bad_files().items()})
     train_url = upload(client, bucket, "train", train_files)
     val = write_local(tmp_path / "val", fashion_mnist_folder(fashion_mnist_dir, "test", per_class=60, classes=5))
-    prepare_done = run_cli("prepare", str(val), f"s3://{bucket}/val-shards", "--endpoint-url", s3_server, timeout=300)
+    prepare_done = run_cli(
+        "prepare", str(val), f"s3://{bucket}/val-shards", f"storage.endpoint_url={s3_server}", timeout=300
+    )
     assert prepare_done.returncode == 0, prepare_done.stderr[-3000:]
 
     def pretrain(*extra):

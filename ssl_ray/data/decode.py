@@ -102,3 +102,46 @@ def decode_column(
             images.append(result)
     shape = (0, size, size) if channels == 1 else (0, size, size, 3)
     return kept, (np.stack(images) if images else np.zeros(shape, np.uint8)), skipped
+
+
+# The listing's check reads this much of each file: the whole of a small file, the header of a
+# large one (a JPEG's EXIF block is at most 64 KiB, so its frame header is inside).
+PROBE_BYTES = 1 << 16
+_PROBE_SIZE = 8  # decoding at a small size still reads the whole stream (truncation shows)
+
+
+def probe_image(head: bytes | None, complete: bool) -> str | None:
+    """Why an image file will be skipped, or None if it looks decodable, from its first bytes:
+    with the whole file (``complete``), by decoding it at a tiny size, which is exact; with a
+    prefix, by reading the header (an empty file, text, an HTML error page, an unknown or
+    broken header). A prefix that does not open is not yet a verdict: None, and the reader's
+    full decode has the last word."""
+    if head is None:
+        return UNREADABLE
+    if complete:
+        result = decode_image(head, 1, _PROBE_SIZE)
+        return result if isinstance(result, str) else None
+    if not head:
+        return EMPTY
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            Image.open(io.BytesIO(head))
+    except UnidentifiedImageError:
+        # PIL says this also of a real image whose header runs past the prefix: only a file
+        # no format claims by its signature is not an image.
+        return None if _claimed_by_a_format(head) else NOT_AN_IMAGE
+    except Exception:  # a header longer than the prefix: decided by the full decode
+        return None
+    return None
+
+
+def _claimed_by_a_format(head: bytes) -> bool:
+    Image.init()
+    for _, accept in Image.OPEN.values():
+        try:
+            if accept is not None and accept(head[:32]):
+                return True
+        except Exception:
+            continue
+    return False

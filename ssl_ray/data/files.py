@@ -1,18 +1,25 @@
 """Image files and Parquet shards, local or in object storage, as Ray Data datasets of
 decoded uint8 images and labels (the same rows ``sources.from_arrays`` gives for in-memory data).
 
-Both are read the same way: the driver lists the files once (the fail-fast check), and the
-dataset starts as that list, cut into blocks that each become one read-and-decode task:
+Both are read the same way. The driver lists the files once (the fail-fast check) and indexes
+them into *units*, what one read can take on its own: an image file, or a row group of a
+shard. Every unit's label is known there (a file's class folder; a shard's label column, read
+alone), so subsets are drawn by class (``subsets.stratified_sample``), never as the first N of
+a listing. The units are then read in a fresh seeded permutation each pass (``order.py``),
+``FILES_PER_TASK`` files or about ``ROWS_PER_TASK`` shard rows per read task, so every batch
+mixes the classes as a uniform shuffle would, whatever order the listing or the shards are in.
 
-- image files: ``FILES_PER_TASK`` files per block, fetched with ``FETCH_THREADS`` requests in
-  flight (an object store GET is mostly latency); when every file sits in a sub-folder of the
-  root, the sub-folders, sorted, are the classes;
-- Parquet shards: one shard per block, read in slices of ``DECODE_ROWS`` rows.
+- image files: the index checks every file first (``probe``): the whole of a small file is
+  decoded at a tiny size, the header of a large one is read, so the epoch's size and the
+  schedule count what decodes; what only a full decode finds (a large file truncated) is
+  skipped when met and the loop adapts. Fetches run ``FETCH_THREADS`` at a time (an object
+  store GET is mostly latency); when every file sits in a sub-folder of the root, the
+  sub-folders, sorted, are the classes.
+- Parquet shards: rows per row group from the footers; decoded in slices of ``DECODE_ROWS``.
 
 Why not ``read_binary_files`` / ``read_parquet``: their readers group small files into read
 tasks by bytes, so a few hundred MB of data is a single task and every other CPU idles
-(benchmarks/README.md, "Data pipeline"). A block per shard gives Ray Data one task per shard
-however small the data, and the block order is drawn afresh each epoch.
+(benchmarks/README.md, "Data pipeline"), and they shuffle only whole files.
 
 What cannot be fetched or decoded is dropped and counted per reason in a ``SkipCounter``
 actor, never raised.
@@ -25,24 +32,25 @@ import json
 import math
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 import ray.data
 
 from ssl_ray.config import DataConfig, StorageConfig
-from ssl_ray.data.decode import UNREADABLE, decode_column
-from ssl_ray.data.errors import DataSourceError
+from ssl_ray.data.decode import PROBE_BYTES, UNREADABLE, decode_column, probe_image
+from ssl_ray.data.errors import DataSourceError, warn
 from ssl_ray.data.objectstore import StoredFile, describe_failure, filesystem_for, list_files
-from ssl_ray.data.subsets import balanced_subset
+from ssl_ray.data.order import ShuffledUnits
+from ssl_ray.data.subsets import balanced_subset, stratified_sample
 
 FILES_PER_TASK = 64
 FETCH_THREADS = 16
 DECODE_ROWS = 512  # rows decoded (and given views) together: per-call overheads amortised, blocks modest
+ROWS_PER_TASK = 512  # shard rows per read task, in whole row groups (at least one)
 
 MANIFEST = "manifest.json"
 
@@ -53,12 +61,36 @@ def listing(url: str, storage: StorageConfig) -> tuple[StoredFile, ...]:
     return tuple(list_files(url, storage.endpoint_url, storage.region))
 
 
+@dataclass(frozen=True)
+class Selection:
+    """Which of a source's rows a read takes, and in what order."""
+
+    size: int | None = None  # a class-stratified sample of this many rows (None: all)
+    seed: int = 0  # the sample's
+    label_fraction: float | None = None  # then a class-balanced share of those (few-label runs)
+    label_seed: int = 0
+    shuffle_seed: int | None = None  # each pass a fresh permutation from this seed; None: listing order
+
+    def rows(self, labels: np.ndarray, where: str) -> np.ndarray:
+        chosen = stratified_sample(labels, self.size, self.seed)
+        if self.label_fraction is not None:
+            if (labels[chosen] < 0).all():
+                raise DataSourceError(
+                    f"{where}: data.label_fraction needs labels (one sub-folder per class, or a label column)"
+                )
+            chosen = chosen[balanced_subset(labels[chosen], self.label_fraction, self.label_seed)]
+        return chosen
+
+
 @dataclass
 class FileSource:
     dataset: ray.data.Dataset  # image (uint8), label (int64, -1 when unknown)
-    size: int  # rows before decoding (skipped files are counted as they are met)
+    size: int  # rows the read will give (after the listing's check and the selection)
     classes: tuple[str, ...]  # empty when the data has no labels
-    kept_paths: tuple[str, ...] = ()  # with a label subset: the files it kept
+    labels: np.ndarray  # each of those rows' label (-1 when unknown)
+    total: int  # rows the source has, before the selection
+    row_names: tuple[str, ...] = ()  # with a label fraction: the files (or shard rows) it kept
+    skipped: dict[str, int] = field(default_factory=dict)  # files the listing's check left out, per reason
 
 
 def folder_classes(root: str, paths: list[str]) -> tuple[str, ...]:
@@ -82,13 +114,14 @@ def folder_labels(paths: list[str], root: str, classes: tuple[str, ...]) -> np.n
     return np.array([index[path[len(prefix) :].split("/", 1)[0]] for path in paths], dtype=np.int64)
 
 
-def fetch(filesystem: pa.fs.FileSystem, paths: list[str]) -> list[bytes | None]:
-    """Each file's bytes, ``None`` for one that is gone or unreadable, ``FETCH_THREADS`` at a time."""
+def fetch(filesystem: pa.fs.FileSystem, paths: list[str], limit: int | None = None) -> list[bytes | None]:
+    """Each file's bytes (its first ``limit``), ``None`` for one that is gone or unreadable,
+    ``FETCH_THREADS`` at a time."""
 
     def one(path: str) -> bytes | None:
         try:
             with filesystem.open_input_stream(path) as stream:
-                return stream.read()
+                return stream.read() if limit is None else stream.read(limit)
         except OSError:
             return None
 
@@ -110,56 +143,6 @@ def fetch_and_decode(
     return [readable[i] for i in kept], images, encoded, skipped
 
 
-def _fetch_and_decode(batch, filesystem, channels, size, counter):
-    paths = [str(p) for p in batch["path"]]
-    kept, images, _, skipped = fetch_and_decode(filesystem, paths, channels, size)
-    count_skips(counter, len(kept), skipped)
-    return {
-        "image": images,
-        "label": np.asarray(batch["label"], dtype=np.int64)[kept],
-        "path": np.array([paths[i] for i in kept], dtype=object),
-    }
-
-
-def _decode_rows(records: pa.RecordBatch, shard, channels, size, image_column, label_column, counter):
-    encoded = records.column(image_column).to_pylist()
-    paths = (
-        records.column("path").to_pylist()
-        if "path" in records.schema.names
-        else [f"{shard} row {i}" for i in range(len(encoded))]
-    )
-    kept, images, skipped = decode_column(encoded, paths, channels, size)
-    if label_column:
-        labels = records.column(label_column).to_numpy(zero_copy_only=False).astype(np.int64)[kept]
-    else:
-        labels = np.full(len(kept), -1, dtype=np.int64)
-    count_skips(counter, len(kept), skipped)
-    return {"image": images, "label": labels}
-
-
-def _read_shards(batch, filesystem, columns, counter, **decode) -> Iterator[dict[str, np.ndarray]]:
-    """Every shard in the block, ``DECODE_ROWS`` rows at a time, up to its ``take`` rows. A shard
-    that cannot be read (or breaks off) counts its remaining rows as unreadable."""
-    for shard, take in zip(batch["shard"], batch["take"]):
-        done = 0
-        try:
-            with filesystem.open_input_file(shard) as handle:
-                for records in pq.ParquetFile(handle).iter_batches(batch_size=DECODE_ROWS, columns=columns):
-                    records = records.slice(0, take - done)
-                    done += len(records)
-                    yield _decode_rows(records, shard, counter=counter, **decode)
-                    if done >= take:
-                        break
-        except (OSError, pa.ArrowException):
-            count_skips(counter, 0, {UNREADABLE: [str(shard)] * (take - done)})
-
-
-def path_blocks(rows: list[dict], per_block: int, shuffle: bool) -> ray.data.Dataset:
-    """``rows`` (paths and what goes with them) as blocks of ``per_block``: one task each."""
-    dataset = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / per_block)))
-    return dataset.randomize_block_order() if shuffle else dataset
-
-
 def count_skips(counter, kept: int, skipped: dict[str, list[str]]) -> None:
     """Waits for the counter to take the counts (a millisecond per batch), so that once a batch
     has been consumed its skips are counted: no count is still in flight when it is read."""
@@ -167,36 +150,103 @@ def count_skips(counter, kept: int, skipped: dict[str, list[str]]) -> None:
         ray.get(counter.add.remote(kept, {k: len(v) for k, v in skipped.items()}, skipped))
 
 
+def path_blocks(rows: list[dict], per_block: int) -> ray.data.Dataset:
+    """``rows`` (paths and what goes with them) as blocks of ``per_block``: one task each."""
+    return ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / per_block)))
+
+
+# -- image files --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageIndex:
+    """A folder's files that passed the listing's check, with their folder labels."""
+
+    paths: tuple[str, ...]
+    labels: np.ndarray
+    classes: tuple[str, ...]
+    skipped: dict[str, int]  # per reason, of the listed files
+    examples: dict[str, list[str]]
+
+
+def _probe_batch(batch: dict[str, np.ndarray], filesystem) -> dict[str, np.ndarray]:
+    paths = [str(p) for p in batch["path"]]
+    heads = fetch(filesystem, paths, PROBE_BYTES)
+    reasons = [probe_image(head, int(size) <= PROBE_BYTES) or "" for head, size in zip(heads, batch["size"])]
+    return {"path": np.array(paths, dtype=object), "reason": np.array(reasons, dtype=object)}
+
+
+def _probe(files: tuple[StoredFile, ...], filesystem) -> dict[str, str]:
+    """Every listed file's skip reason ("" for a file that looks decodable), checked in Ray
+    Data tasks of ``FILES_PER_TASK`` files: one (ranged) read per file."""
+    rows = [{"path": f.path, "size": f.size} for f in files]
+    checked = path_blocks(rows, FILES_PER_TASK).map_batches(
+        _probe_batch, fn_kwargs={"filesystem": filesystem}, batch_size=None, batch_format="numpy"
+    )
+    reasons: dict[str, str] = {}
+    for batch in checked.iter_batches(batch_size=None, batch_format="numpy"):
+        reasons.update(zip(map(str, batch["path"]), map(str, batch["reason"])))
+    return reasons
+
+
+@functools.lru_cache(maxsize=8)
+def image_index(url: str, storage: StorageConfig) -> ImageIndex:
+    """The listing, checked once per location per process."""
+    files = listing(url, storage)
+    filesystem, root = filesystem_for(url, storage.endpoint_url, storage.region)
+    reasons = _probe(files, filesystem)
+    kept = [f.path for f in files if not reasons.get(f.path)]
+    classes = folder_classes(root, kept)  # a folder with no decodable image is no class
+    skipped: dict[str, int] = {}
+    examples: dict[str, list[str]] = {}
+    for f in files:
+        reason = reasons.get(f.path)
+        if reason:
+            skipped[reason] = skipped.get(reason, 0) + 1
+            examples.setdefault(reason, []).append(f.path)
+    return ImageIndex(tuple(kept), folder_labels(kept, root, classes), classes, skipped, examples)
+
+
+def _read_images(units: list[tuple[str, int]], filesystem, channels: int, size: int, counter) -> Iterator[dict]:
+    paths = [path for path, _ in units]
+    kept, images, _, skipped = fetch_and_decode(filesystem, paths, channels, size)
+    count_skips(counter, len(kept), skipped)
+    yield {
+        "image": images,
+        "label": np.array([units[i][1] for i in kept], dtype=np.int64),
+        "path": np.array([paths[i] for i in kept], dtype=object),
+    }
+
+
 def image_files(
     url: str,
     storage: StorageConfig,
     channels: int,
     size: int,
-    limit: int | None = None,
     counter=None,
-    shuffle: bool = True,
-    label_subset: tuple[float, int] | None = None,
+    selection: Selection = Selection(),
 ) -> FileSource:
-    """``label_subset`` (fraction, seed): a class-balanced share of the files, by folder label."""
-    files = listing(url, storage)[:limit]
-    filesystem, root = filesystem_for(url, storage.endpoint_url, storage.region)
-    paths = [f.path for f in files]
-    classes = folder_classes(root, paths)
-    labels = folder_labels(paths, root, classes)
-    if label_subset is not None:
-        if not classes:
-            raise DataSourceError(f"{url}: data.label_fraction needs labels (one sub-folder per class)")
-        kept = balanced_subset(labels, *label_subset)
-        paths, labels = [paths[i] for i in kept], labels[kept]
-    labels = labels.tolist()
-    rows = [{"path": path, "label": label} for path, label in zip(paths, labels)]
-    decoded = path_blocks(rows, FILES_PER_TASK, shuffle).map_batches(
-        _fetch_and_decode,
-        fn_kwargs={"filesystem": filesystem, "channels": channels, "size": size, "counter": counter},
-        batch_size=None,
-        batch_format="numpy",
+    """The checked files under ``url``, ``selection``'s rows of them."""
+    index = image_index(url, storage)
+    if not index.paths:
+        raise DataSourceError(f"{url}: none of the {sum(index.skipped.values())} files is a decodable image")
+    filesystem, _ = filesystem_for(url, storage.endpoint_url, storage.region)
+    chosen = selection.rows(index.labels, url)
+    units = [(index.paths[i], int(index.labels[i])) for i in chosen]
+    read = functools.partial(_read_images, filesystem=filesystem, channels=channels, size=size, counter=counter)
+    source = ShuffledUnits(units, [1] * len(units), FILES_PER_TASK, read, selection.shuffle_seed, "ReadImageFiles")
+    return FileSource(
+        source.dataset(),
+        len(units),
+        index.classes,
+        index.labels[chosen],
+        len(index.paths),
+        tuple(path for path, _ in units) if selection.label_fraction is not None else (),
+        dict(index.skipped),
     )
-    return FileSource(decoded, len(paths), classes, tuple(paths) if label_subset is not None else ())
+
+
+# -- Parquet shards -----------------------------------------------------------------------
 
 
 def read_manifest(url: str, storage: StorageConfig) -> dict | None:
@@ -212,39 +262,29 @@ def read_manifest(url: str, storage: StorageConfig) -> dict | None:
         raise DataSourceError(describe_failure(url, error)) from None
 
 
-def _shard_rows(files: list[StoredFile], filesystem) -> list[int]:
-    """Rows per shard from the footers, read concurrently (one request each)."""
+@dataclass(frozen=True)
+class ShardIndex:
+    """Every row group of the shards under a location, and every row's label."""
 
-    def rows(path: str) -> int:
-        return pq.read_metadata(path, filesystem=filesystem).num_rows
-
-    with ThreadPoolExecutor(min(FETCH_THREADS, len(files))) as pool:
-        return list(pool.map(rows, [f.path for f in files]))
-
-
-def _label_classes(url, files, filesystem, storage, label_column) -> tuple[str, ...]:
-    classes = tuple((read_manifest(url, storage) or {}).get("classes", ()))
-    if classes:
-        return classes
-    # Shards written elsewhere: labels 0..max, named by number.
-    top = max(
-        pc.max(pq.read_table(f.path, columns=[label_column], filesystem=filesystem)[label_column]).as_py() or 0
-        for f in files
-    )
-    return tuple(str(i) for i in range(top + 1))
+    groups: tuple[tuple[str, int, int, int], ...]  # (shard, row group, its first row in the shard, rows)
+    labels: np.ndarray  # per row, groups in order (-1 without a label column)
+    classes: tuple[str, ...]
+    columns: tuple[str, ...]  # what a read takes
+    label_column: str | None
 
 
-def parquet_shards(
-    url: str,
-    config: DataConfig,
-    storage: StorageConfig,
-    size: int,
-    counter=None,
-    limit: int | None = None,
-    shuffle: bool = True,
-) -> FileSource:
-    """The shards under ``url``; ``limit`` keeps the first rows in listing order (the same
-    images every epoch, whatever order the shards are read in)."""
+def _shard_layout(path: str, filesystem, label_column: str | None) -> tuple[list[int], np.ndarray | None]:
+    """Rows per row group from the footer, and the label column alone (one small read)."""
+    metadata = pq.read_metadata(path, filesystem=filesystem)
+    sizes = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
+    if label_column is None:
+        return sizes, None
+    column = pq.read_table(path, columns=[label_column], filesystem=filesystem)[label_column]
+    return sizes, column.fill_null(-1).to_numpy().astype(np.int64)
+
+
+@functools.lru_cache(maxsize=8)
+def shard_index(url: str, config: DataConfig, storage: StorageConfig) -> ShardIndex:
     files = [f for f in listing(url, storage) if f.path.endswith(".parquet")]
     if not files:
         raise DataSourceError(f"{url}: no .parquet files under this prefix")
@@ -254,27 +294,132 @@ def parquet_shards(
         raise DataSourceError(f"{url}: no column {config.image_column!r} (columns: {', '.join(schema.names)})")
     label_column = config.label_column if config.label_column in schema.names else None
     columns = (
-        [config.image_column] + ([label_column] if label_column else []) + (["path"] if "path" in schema.names else [])
+        config.image_column,
+        *([label_column] if label_column else []),
+        *(["path"] if "path" in schema.names else []),
     )
-    shards, budget = [], limit if limit is not None else math.inf
-    for stored, rows in zip(files, _shard_rows(files, filesystem)):
-        take = int(min(rows, budget))
-        if take > 0:
-            shards.append({"shard": stored.path, "take": take})
-        budget -= take
-    decoded = path_blocks(shards, 1, shuffle).map_batches(
-        _read_shards,
-        fn_kwargs={
-            "filesystem": filesystem,
-            "columns": columns,
-            "counter": counter,
-            "channels": config.channels,
-            "size": size,
-            "image_column": config.image_column,
-            "label_column": label_column,
-        },
-        batch_size=None,
-        batch_format="numpy",
+    with ThreadPoolExecutor(min(FETCH_THREADS, len(files))) as pool:
+        layouts = list(pool.map(lambda f: _shard_layout(f.path, filesystem, label_column), files))
+    groups, labels = [], []
+    for stored, (sizes, shard_labels) in zip(files, layouts):
+        first = 0
+        for group, rows in enumerate(sizes):
+            groups.append((stored.path, group, first, rows))
+            first += rows
+        labels.append(shard_labels if shard_labels is not None else np.full(first, -1, dtype=np.int64))
+    labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+    classes: tuple[str, ...] = ()
+    if label_column:
+        # Our shards name their classes in the manifest; shards written elsewhere: 0..max, by number.
+        named = tuple((read_manifest(url, storage) or {}).get("classes", ()))
+        classes = named or tuple(str(i) for i in range(int(labels.max(initial=-1)) + 1))
+    return ShardIndex(tuple(groups), labels, classes, columns, label_column)
+
+
+def _decode_rows(records: pa.Table, channels, size, image_column, label_column, counter) -> dict[str, np.ndarray]:
+    encoded = records.column(image_column).to_pylist()
+    paths = records.column("path").to_pylist()
+    kept, images, skipped = decode_column(encoded, paths, channels, size)
+    if label_column:
+        labels = records.column(label_column).fill_null(-1).to_numpy().astype(np.int64)[kept]
+    else:
+        labels = np.full(len(kept), -1, dtype=np.int64)
+    count_skips(counter, len(kept), skipped)
+    return {"image": images, "label": labels}
+
+
+def _read_groups(units, filesystem, columns, counter, **decode) -> Iterator[dict[str, np.ndarray]]:
+    """The task's row groups (each from a random place in the data), their chosen rows, decoded
+    ``DECODE_ROWS`` at a time. A group that cannot be read counts its rows as unreadable."""
+    tables = []
+    for shard, group, first, positions, rows in units:
+        try:
+            with filesystem.open_input_file(shard) as handle:
+                table = pq.ParquetFile(handle).read_row_group(group, columns=list(columns))
+        except (OSError, pa.ArrowException):
+            count_skips(counter, 0, {UNREADABLE: [f"{shard} row group {group}"] * rows})
+            continue
+        if positions is not None:
+            table = table.take(pa.array(positions))
+        offsets = np.arange(first, first + table.num_rows) if positions is None else first + np.asarray(positions)
+        names = (
+            table.column("path")
+            if "path" in table.column_names
+            else pa.array([f"{shard} row {row}" for row in offsets], type=pa.string())
+        )
+        table = table.select([c for c in table.column_names if c != "path"]).append_column("path", names)
+        tables.append(table)
+    if not tables:
+        return
+    table = pa.concat_tables(tables)
+    for start in range(0, table.num_rows, DECODE_ROWS):
+        yield _decode_rows(table.slice(start, DECODE_ROWS), counter=counter, **decode)
+
+
+def _units_from_rows(index: ShardIndex, chosen: np.ndarray) -> list[tuple]:
+    """The chosen rows (sorted indices into ``index.labels``) as row-group units:
+    ``(shard, group, first row, positions in the group or None for all, rows)``."""
+    starts = np.cumsum([0, *(rows for *_, rows in index.groups)])
+    group_of = np.searchsorted(starts, chosen, side="right") - 1
+    units = []
+    for g in np.unique(group_of):
+        shard, group, first, rows = index.groups[g]
+        positions = chosen[group_of == g] - starts[g]
+        whole = len(positions) == rows
+        units.append((shard, group, first, None if whole else positions.tolist(), len(positions)))
+    return units
+
+
+def _warn_if_unmixable(url: str, index: ShardIndex) -> None:
+    """A row group is the smallest thing a read takes; groups of one class, each bigger than a
+    read task, cannot be mixed into class-mixed batches by any read order."""
+    starts = np.cumsum([0, *(rows for *_, rows in index.groups)])
+    single = sum(
+        rows
+        for g, (_, _, _, rows) in enumerate(index.groups)
+        if rows > ROWS_PER_TASK and len(np.unique(index.labels[starts[g] : starts[g + 1]])) == 1
     )
-    classes = _label_classes(url, files, filesystem, storage, label_column) if label_column else ()
-    return FileSource(decoded, sum(shard["take"] for shard in shards), classes)
+    if index.label_column and single > len(index.labels) / 2:
+        warn(
+            f"{url}: most rows sit in row groups of more than {ROWS_PER_TASK} rows of a single class, so "
+            "training batches cannot mix the classes; rewrite the shards with `ssl-ray prepare` (random order, "
+            "small row groups)"
+        )
+
+
+def parquet_shards(
+    url: str,
+    config: DataConfig,
+    storage: StorageConfig,
+    size: int,
+    counter=None,
+    selection: Selection = Selection(),
+) -> FileSource:
+    """``selection``'s rows of the shards under ``url``."""
+    index = shard_index(url, config, storage)
+    filesystem, _ = filesystem_for(url, storage.endpoint_url, storage.region)
+    chosen = selection.rows(index.labels, url)
+    units = _units_from_rows(index, chosen)
+    if selection.shuffle_seed is not None:
+        _warn_if_unmixable(url, index)
+    rows = [unit[-1] for unit in units]
+    per_task = max(1, round(ROWS_PER_TASK / max(1.0, float(np.median(rows)))) if rows else 1)
+    read = functools.partial(
+        _read_groups,
+        filesystem=filesystem,
+        columns=index.columns,
+        counter=counter,
+        channels=config.channels,
+        size=size,
+        image_column=config.image_column,
+        label_column=index.label_column,
+    )
+    source = ShuffledUnits(units, rows, per_task, read, selection.shuffle_seed, "ReadImageShards")
+    names = ()
+    if selection.label_fraction is not None:
+        starts = np.cumsum([0, *(r for *_, r in index.groups)])
+        group_of = np.searchsorted(starts, chosen, side="right") - 1
+        names = tuple(
+            f"{index.groups[g][0]} row {index.groups[g][2] + row - starts[g]}" for g, row in zip(group_of, chosen)
+        )
+    return FileSource(source.dataset(), int(sum(rows)), index.classes, index.labels[chosen], len(index.labels), names)

@@ -82,7 +82,7 @@ def _images(src: str, options: PrepareOptions, counter) -> tuple[ray.data.Datase
     labels = folder_labels(paths, root, classes)
     order = np.random.default_rng(options.seed).permutation(len(paths))
     rows = [{"path": paths[i], "label": int(labels[i])} for i in order]
-    checked = path_blocks(rows, FILES_PER_TASK, shuffle=False).map_batches(
+    checked = path_blocks(rows, FILES_PER_TASK).map_batches(
         _fetch_and_check,
         fn_kwargs={"filesystem": filesystem, "counter": counter},
         batch_size=None,

@@ -6,7 +6,7 @@ Every source produces blocks with an ``image`` column (uint8, (H, W) or (H, W, C
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -16,7 +16,7 @@ from ray.data.extensions import ArrowTensorArray
 from ssl_ray.config import PipelineConfig
 from ssl_ray.data import fashion_mnist, files
 from ssl_ray.data.errors import DataSourceError
-from ssl_ray.data.subsets import balanced_subset
+from ssl_ray.data.subsets import balanced_subset, stratified_sample
 from ssl_ray.data.views import ViewMaker
 
 ROWS_PER_BLOCK = 2048
@@ -53,10 +53,13 @@ class PretrainData:
     train: ray.data.Dataset  # view0, view1, ... (uint8 (C, S, S), S the view's size), label
     knn_bank: ray.data.Dataset | None  # image, label: labelled training images (None: no kNN)
     knn_query: ray.data.Dataset | None  # image, label: held-out images
-    train_size: int
+    train_size: int  # images an epoch will see: counted after the listing's check, not listed
     num_classes: int
     # With ``data.label_fraction``: which training images were kept (indices or file paths).
     label_subset: list[str] | None = None
+    bank_labels: np.ndarray | None = None  # the kNN bank's labels (what k must fit)
+    # Training files the listing's check left out, per reason: every epoch goes without them.
+    listing_skips: dict[str, int] = field(default_factory=dict)
 
 
 def with_views(images: ray.data.Dataset, augment, channels: int, stage: str = "all") -> ray.data.Dataset:
@@ -73,66 +76,86 @@ def with_views(images: ray.data.Dataset, augment, channels: int, stage: str = "a
 
 
 def _fashion_mnist(config: PipelineConfig, stage: str) -> PretrainData:
-    data = config.data
+    data, e, seed = config.data, config.eval, config.train.seed
     train = fashion_mnist.load_split(data.path, "train")
     test = fashion_mnist.load_split(data.path, "test")
-    train_size = min(len(train.images), data.train_subset or len(train.images))
-    bank_size = min(len(train.images), config.eval.knn_bank_size or len(train.images))
-    query_size = min(len(test.images), config.eval.knn_query_size or len(test.images))
-    kept = np.arange(train_size)
+    kept = stratified_sample(train.labels, data.train_subset, seed)
     if data.label_fraction is not None:
-        kept = balanced_subset(train.labels[:train_size], data.label_fraction, data.label_seed)
+        kept = kept[balanced_subset(train.labels[kept], data.label_fraction, data.label_seed)]
+    bank = stratified_sample(train.labels, e.knn_bank_size, seed)
+    query = stratified_sample(test.labels, e.knn_query_size, seed)
     pretrain = from_arrays(train.images[kept], train.labels[kept])
     return PretrainData(
         train=with_views(pretrain.randomize_block_order(), config.augment, data.channels, stage),
-        knn_bank=from_arrays(train.images[:bank_size], train.labels[:bank_size]),
-        knn_query=from_arrays(test.images[:query_size], test.labels[:query_size]),
+        knn_bank=from_arrays(train.images[bank], train.labels[bank]),
+        knn_query=from_arrays(test.images[query], test.labels[query]),
         train_size=len(kept),
         num_classes=len(fashion_mnist.CLASSES),
         label_subset=[str(i) for i in kept] if data.label_fraction is not None else None,
+        bank_labels=train.labels[bank],
     )
 
 
-def _read(
-    path: str,
-    kind: str,
-    config: PipelineConfig,
-    limit: int | None,
-    counter=None,
-    shuffle: bool = False,
-    label_subset: tuple[float, int] | None = None,
-) -> files.FileSource:
-    if label_subset is not None and kind != "images":
-        raise DataSourceError(
-            f"{path}: data.label_fraction needs loose images in class folders (or Fashion-MNIST); "
-            "for shards, prepare the subset's folder as shards of its own"
-        )
+def _read(path: str, kind: str, config: PipelineConfig, selection: files.Selection, counter=None) -> files.FileSource:
     data, size = config.data, config.data.decode_size or config.augment.image_size
     if kind == "images":
-        return files.image_files(path, config.storage, data.channels, size, limit, counter, shuffle, label_subset)
-    return files.parquet_shards(path, data, config.storage, size, counter, limit, shuffle)
+        return files.image_files(path, config.storage, data.channels, size, counter, selection)
+    return files.parquet_shards(path, data, config.storage, size, counter, selection)
+
+
+def _relabel(batch: dict[str, np.ndarray], table: np.ndarray) -> dict[str, np.ndarray]:
+    labels = np.asarray(batch["label"])
+    return {**batch, "label": np.where(labels >= 0, table[np.clip(labels, 0, None)], -1)}
+
+
+def in_training_classes(
+    held_out: files.FileSource, classes: tuple[str, ...]
+) -> tuple[ray.data.Dataset, tuple[str, ...]]:
+    """The held-out set's labels as indices into the training set's classes, matched by name
+    (class folders of a validation split need not be the same set, nor sort the same way), and
+    the classes of both: the training set's, then any only the held-out set has. Sets whose
+    class names share nothing (numbered shard labels beside named folders) keep their indices."""
+    if not classes or not held_out.classes or not set(classes) & set(held_out.classes):
+        return held_out.dataset, classes if len(classes) >= len(held_out.classes) else held_out.classes
+    joint = classes + tuple(name for name in held_out.classes if name not in classes)
+    table = np.array([joint.index(name) for name in held_out.classes], dtype=np.int64)
+    if (table == np.arange(len(table))).all():
+        return held_out.dataset, joint
+    relabelled = held_out.dataset.map_batches(
+        _relabel, fn_kwargs={"table": table}, batch_size=None, batch_format="numpy"
+    )
+    return relabelled, joint
 
 
 def _from_files(config: PipelineConfig, counter, stage: str) -> PretrainData:
     """Every location is listed here, on the driver, so a bad one fails before training."""
-    data, e = config.data, config.eval
-    subset = (data.label_fraction, data.label_seed) if data.label_fraction is not None else None
-    train = _read(data.path, data.source, config, data.train_subset, counter, shuffle=True, label_subset=subset)
+    data, e, seed = config.data, config.eval, config.train.seed
+    training = files.Selection(
+        size=data.train_subset,
+        seed=seed,
+        label_fraction=data.label_fraction,
+        label_seed=data.label_seed,
+        shuffle_seed=seed,
+    )
+    train = _read(data.path, data.source, config, training, counter)
     bank = query = None
     num_classes = len(train.classes)
     if data.val_path is not None:
-        query = _read(data.val_path, data.val_source or data.source, config, e.knn_query_size)
-        num_classes = max(num_classes, len(query.classes))
+        query = _read(data.val_path, data.val_source or data.source, config, files.Selection(e.knn_query_size, seed))
+        query.dataset, classes = in_training_classes(query, train.classes)
+        num_classes = len(classes)
         if num_classes:
             # The bank: labelled training images without views (its own read; never counted).
-            bank = _read(data.path, data.source, config, e.knn_bank_size)
+            bank = _read(data.path, data.source, config, files.Selection(e.knn_bank_size, seed))
     return PretrainData(
         train=with_views(train.dataset.select_columns(["image", "label"]), config.augment, data.channels, stage),
         knn_bank=bank.dataset.select_columns(["image", "label"]) if bank else None,
         knn_query=query.dataset.select_columns(["image", "label"]) if query else None,
         train_size=train.size,
         num_classes=num_classes,
-        label_subset=list(train.kept_paths) if subset is not None else None,
+        label_subset=list(train.row_names) if data.label_fraction is not None else None,
+        bank_labels=bank.labels if bank else None,
+        listing_skips=train.skipped,
     )
 
 
@@ -161,30 +184,36 @@ class EvalData:
     train: ray.data.Dataset  # image, label: labelled training images (probe fit, kNN bank)
     test: ray.data.Dataset  # image, label: held-out images (what is reported)
     classes: tuple[str, ...]  # names, by label index
+    train_count: int  # labelled training images (after the listing's check)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
 
-def build_eval_data(config: PipelineConfig, train_size: int | None = None, test_size: int | None = None) -> EvalData:
-    """The labelled images the evaluation protocols need: the training set (the first
-    ``train_size``) and the test set (``data.val_path``; the first ``test_size``)."""
+def build_eval_data(
+    config: PipelineConfig, train_size: int | None = None, test_size: int | None = None, seed: int = 0
+) -> EvalData:
+    """The labelled images the evaluation protocols need: the training set and the test set
+    (``data.val_path``), each a class-stratified sample of ``train_size`` / ``test_size``
+    images drawn with ``seed`` (None: all)."""
     data = config.data
     if data.source == "fashion_mnist":
         train = fashion_mnist.load_split(data.path, "train")
         test = fashion_mnist.load_split(data.path, "test")
-        n, m = train_size or len(train.images), test_size or len(test.images)
+        bank = stratified_sample(train.labels, train_size, seed)
+        query = stratified_sample(test.labels, test_size, seed)
         return EvalData(
-            train=from_arrays(train.images[:n], train.labels[:n]),
-            test=from_arrays(test.images[:m], test.labels[:m]),
+            train=from_arrays(train.images[bank], train.labels[bank]),
+            test=from_arrays(test.images[query], test.labels[query]),
             classes=tuple(fashion_mnist.CLASSES),
+            train_count=len(train.labels),
         )
     if data.val_path is None:
         raise DataSourceError("evaluation needs a labelled test set: set data.val_path")
-    train = _read(data.path, data.source, config, train_size)
-    test = _read(data.val_path, data.val_source or data.source, config, test_size)
-    classes = train.classes if len(train.classes) >= len(test.classes) else test.classes
+    train = _read(data.path, data.source, config, files.Selection(train_size, seed))
+    test = _read(data.val_path, data.val_source or data.source, config, files.Selection(test_size, seed))
+    test.dataset, classes = in_training_classes(test, train.classes)
     if not classes:
         raise DataSourceError(
             f"{data.path}: no labels to evaluate with (one sub-folder per class, or a label column in the shards)"
@@ -193,4 +222,5 @@ def build_eval_data(config: PipelineConfig, train_size: int | None = None, test_
         train=train.dataset.select_columns(["image", "label"]),
         test=test.dataset.select_columns(["image", "label"]),
         classes=tuple(classes),
+        train_count=train.total,
     )

@@ -1,4 +1,10 @@
-"""Few-label subsets: the same images for the same seed, the same share of every class."""
+"""Subsets of a labelled set: the same images for the same seed, every class in its share.
+
+Every subset a run takes (``data.train_subset``, the kNN bank and queries, ``evaluate``'s
+sizes, the few-label fine-tuning share) is drawn here, from whatever source, so none of them
+is "the first N in listing order": in a folder of class sub-folders that would be the first
+classes only, and every figure computed on it would be wrong.
+"""
 
 from __future__ import annotations
 
@@ -16,4 +22,32 @@ def balanced_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarra
         members = np.flatnonzero(labels == label)
         take = max(1, round(fraction * len(members)))
         chosen.append(rng.choice(members, size=take, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def stratified_sample(labels: np.ndarray, size: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of ``size`` rows (all of them when ``size`` is None or not smaller),
+    drawn with ``seed``; where labels exist (>= 0), each class gets its share of ``size`` in
+    proportion to its count (largest remainders take the rounding), so a subset of a
+    class-sorted listing holds every class as the whole set does. Unlabelled rows (-1) are a
+    uniform draw."""
+    labels = np.asarray(labels)
+    count = len(labels)
+    if size is None or size >= count:
+        return np.arange(count)
+    rng = np.random.default_rng(seed)
+    if (labels < 0).all():
+        return np.sort(rng.choice(count, size=size, replace=False))
+    classes, counts = np.unique(labels, return_counts=True)
+    quotas = counts * size / count
+    shares = np.floor(quotas).astype(np.int64)
+    # Largest remainders first; ties broken at random so no class is favoured by its index.
+    remainder = quotas - shares
+    order = np.lexsort((rng.random(len(classes)), -remainder))
+    shares[order[: size - shares.sum()]] += 1
+    chosen = [
+        rng.choice(np.flatnonzero(labels == label), size=share, replace=False)
+        for label, share in zip(classes, shares)
+        if share
+    ]
     return np.sort(np.concatenate(chosen))

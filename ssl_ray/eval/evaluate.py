@@ -20,6 +20,7 @@ import numpy as np
 import ray
 import torch
 
+from ssl_ray.data.errors import warn
 from ssl_ray.data.sources import EvalData, build_eval_data
 from ssl_ray.data.views import ViewMaker
 from ssl_ray.eval import diagnostics
@@ -29,7 +30,7 @@ from ssl_ray.eval.features import as_nchw
 from ssl_ray.eval.finetune import finetune, label_tag
 from ssl_ray.eval.geometry import alignment, singular_spectrum, uniformity
 from ssl_ray.eval.inference import EncoderSpec, embed
-from ssl_ray.eval.knn import knn_top1
+from ssl_ray.eval.knn import k_for_bank, knn_top1
 from ssl_ray.eval.probe import linear_probe
 from ssl_ray.tracking.mlflow_run import RunTracker
 
@@ -47,7 +48,8 @@ class EvaluateOptions:
     finetune_epochs: int | None = None  # None: 60 at 1%, 30 at 10%, the pretraining's at 100%
     baselines: bool = True
     diagnostics: bool = True
-    train_size: int | None = None  # the first N labelled training images (None: all)
+    # Class-stratified samples of the labelled training and test images, drawn with ``seed`` (None: all).
+    train_size: int | None = None
     test_size: int | None = None
     seed: int = 0
 
@@ -97,8 +99,13 @@ def _frozen_protocols(
         bank, bank_labels = torch.from_numpy(train_x), torch.from_numpy(train_y)
         query, query_labels = torch.from_numpy(test_x), torch.from_numpy(test_y)
         for k in KNN_KS:
+            fitted = k_for_bank(k, train_y)
+            if fitted < k and spec.kind == "weights":  # said once, not once per baseline
+                warn(
+                    f"kNN k {k} is more than the bank's smallest class ({fitted} images): knn_top1_k{k} uses k={fitted}"
+                )
             result.metrics[f"knn_top1_k{k}"] = knn_top1(
-                query, query_labels, bank, bank_labels, data.num_classes, k, config.eval.knn_temperature
+                query, query_labels, bank, bank_labels, data.num_classes, fitted, config.eval.knn_temperature
             )
     if "linear" in options.protocols:
         probe = linear_probe(train_x, train_y, test_x, test_y, seed=options.seed)
@@ -166,7 +173,7 @@ def evaluate(encoder: TrainedEncoder, options: EvaluateOptions, tracking_uri: st
         ray.init(logging_level=logging.WARNING)
     ray.data.DataContext.get_current().enable_progress_bars = False
     config = encoder.config
-    data = build_eval_data(config, options.train_size, options.test_size)
+    data = build_eval_data(config, options.train_size, options.test_size, options.seed)
     use_gpu = bool(ray.cluster_resources().get("GPU", 0))
     # GPU actors take no CPU; CPU actors leave one CPU for the tasks that read and decode
     # their input (all CPUs as actors would starve those tasks and hang the pass).
@@ -205,6 +212,7 @@ def evaluate(encoder: TrainedEncoder, options: EvaluateOptions, tracking_uri: st
                     options.train_size,
                     options.test_size,
                     options.seed,
+                    data.train_count,
                 )
     results = [r for r in results if r.metrics]
     numbers: dict[str, float] = {}

@@ -9,6 +9,8 @@ the run being evaluated; its classifier's top-1 on the test images is the protoc
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ssl_ray.config import PipelineConfig, config_from_dict
@@ -32,10 +34,14 @@ def finetune_config(
     test_size: int | None = None,
     seed: int = 0,
     from_scratch: bool = False,
+    pool_size: int | None = None,
 ) -> PipelineConfig:
+    """``pool_size``: the labelled training images there are (what the batch must fit); the
+    few labels are a class-balanced share of a ``train_size`` stratified sample of them."""
     raw = pretraining.model_dump(mode="json")
     epochs = epochs or EPOCHS_BY_FRACTION.get(fraction, pretraining.train.epochs)
-    labelled = (train_size or 60000) * fraction  # an upper bound for the batch when train_size is unknown
+    labelled = min(train_size or math.inf, pool_size or math.inf)
+    labelled = (60000 if labelled == math.inf else labelled) * fraction
     workers = pretraining.train.num_workers
     batch = max(workers, min(pretraining.train.batch_size, int(labelled // 2) // workers * workers))
     raw["method"] = {"name": "supervised"}
@@ -73,12 +79,15 @@ def finetune(
     train_size: int | None = None,
     test_size: int | None = None,
     seed: int = 0,
+    pool_size: int | None = None,
 ) -> float:
     """Test top-1 after fine-tuning ``backbone`` (None: from the random init) on ``fraction``
     of the labels."""
     from ssl_ray.train.trainer import run_pretraining  # Ray Train's driver: only when needed
 
-    config = finetune_config(pretraining, fraction, epochs, train_size, test_size, seed, from_scratch=backbone is None)
+    config = finetune_config(
+        pretraining, fraction, epochs, train_size, test_size, seed, from_scratch=backbone is None, pool_size=pool_size
+    )
     result = run_pretraining(config, init_backbone=backbone, parent_run_id=parent_run_id)
     if result.test_top1 is None:
         raise RuntimeError(f"fine-tuning run {result.mlflow_run_id} reported no test_top1 (no labelled test set?)")

@@ -7,6 +7,7 @@ monitor SSL papers report during training (k 200, T 0.07).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -42,3 +43,14 @@ def knn_top1(
 ) -> float:
     predicted = knn_predict(query, bank, bank_labels, num_classes, k, temperature)
     return (predicted == query_labels).float().mean().item()
+
+
+def k_for_bank(k: int, bank_labels) -> int:
+    """``k``, or the bank's smallest class size where that is less: with more neighbours than a
+    class has members, a query of that class is outvoted by the others whatever the features
+    (k 200 against ~144 images per class), so the figure would measure the bank, not the encoder."""
+    labels = np.asarray(bank_labels)
+    labels = labels[labels >= 0]
+    if not len(labels):
+        return k
+    return int(min(k, np.bincount(labels)[np.unique(labels)].min()))

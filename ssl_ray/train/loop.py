@@ -8,7 +8,8 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
@@ -24,7 +25,7 @@ from ssl_ray.eval.features import extract_features, pixels_as_features
 from ssl_ray.eval.knn import knn_top1
 from ssl_ray.methods import build_method
 from ssl_ray.methods.base import SSLMethod, TrainingClock
-from ssl_ray.nn.distributed import all_reduce_mean, rank_zero_decides
+from ssl_ray.nn.distributed import all_reduce_mean, all_reduce_no_grad, rank_zero_decides
 from ssl_ray.nn.precision import autocast, resolve_memory_format, resolve_precision
 from ssl_ray.nn.schedules import warmup_cosine
 from ssl_ray.tracking.mlflow_run import RunTracker
@@ -35,6 +36,8 @@ from ssl_ray.train.plan import TrainingPlan
 
 # Reported (with the count of non-finite steps in a row) when the guard stops the run.
 STOPPED_NONFINITE = "stopped_nonfinite"
+# Reported (with the epoch) when the training data gave no full batch: nothing decodes enough.
+STOPPED_NO_BATCH = "stopped_no_batch"
 # Collapse monitors use the embeddings of the epoch's last few batches (about 1k rows).
 MONITOR_BATCHES = 8
 
@@ -75,9 +78,8 @@ class Worker:
         bank, bank_labels = features("knn_bank", "the bank's training images")
         query, query_labels = features("knn_query", "the queries (data.val_path; is data.val_source right?)")
         e = self.config.eval
-        return knn_top1(
-            query, query_labels, bank, bank_labels, self.loop_config["num_classes"], e.knn_k, e.knn_temperature
-        )
+        k = self.loop_config.get("knn_k") or e.knn_k  # fitted to the bank's smallest class by the driver
+        return knn_top1(query, query_labels, bank, bank_labels, self.loop_config["num_classes"], k, e.knn_temperature)
 
     def classifier_top1(self) -> float:
         """Top-1 of a label-trained method's own classifier on the held-out images."""
@@ -113,6 +115,8 @@ def _start(loop_config: dict[str, Any]) -> Worker:
         with checkpoint.as_directory() as directory:
             state = load_state(directory)
         method.load_state_dict(state["model"])
+        if "steps_per_epoch" in state:  # an epoch came out short before: keep the plan it led to
+            plan = replace(plan, steps_per_epoch=state["steps_per_epoch"], total_steps=state["total_steps"])
     memory_format = resolve_memory_format(config.train.memory_format, device)
     method = method.to(memory_format=memory_format)  # before DDP, which keeps the layout
     if config.train.compile:
@@ -188,9 +192,11 @@ def _train_epoch(w: Worker, shard, view_keys: list[str]) -> dict[str, float]:
     started, losses, lr, stopped = time.perf_counter(), [], 0.0, False
     recent: list[torch.Tensor] = []  # the epoch's last embeddings, for the collapse monitors
     batches = shard.iter_torch_batches(batch_size=plan.batch_per_worker, drop_last=True, prefetch_batches=2)
+    taken = 0  # batches this epoch, skipped ones included
     for batch_index, batch in enumerate(batches):
         if batch_index >= plan.steps_per_epoch:
             break  # every worker stops at the same step, so DDP never waits on a missing peer
+        taken += 1
         lr = warmup_cosine(w.step, plan.total_steps, plan.warmup_steps, plan.peak_lr, final_lr)
         for group in w.optimizer.param_groups:
             group["lr"] = plan.peak_lr if group.get("fixed_lr") else lr
@@ -226,7 +232,8 @@ def _train_epoch(w: Worker, shard, view_keys: list[str]) -> dict[str, float]:
     if stopped:
         return {"nonfinite_steps": float(nonfinite), STOPPED_NONFINITE: float(w.guard.in_a_row)}
     if not losses and not nonfinite:
-        raise RuntimeError(f"epoch {w.epoch + 1}: the training shard gave no full batch of {plan.batch_per_worker}")
+        # Not an error to retry: the same files will not decode on a restart either.
+        return {STOPPED_NO_BATCH: float(w.epoch + 1)}
     elapsed = time.perf_counter() - started
     mean_loss = torch.stack(losses).mean() if losses else torch.tensor(float("nan"), device=w.device)
     metrics = {
@@ -235,6 +242,7 @@ def _train_epoch(w: Worker, shard, view_keys: list[str]) -> dict[str, float]:
         "lr": lr,
         "images_per_s": (len(losses) + nonfinite) * plan.global_batch / elapsed,
         "epoch_time_s": elapsed,
+        "steps": float(taken),
     }
     if recent:
         embeddings = torch.cat(recent)
@@ -268,6 +276,8 @@ def _report(w: Worker, metrics: dict[str, float]) -> None:
                     "optimizer": w.optimizer.state_dict(),
                     "epoch": w.epoch,
                     "step": w.step,
+                    "steps_per_epoch": w.plan.steps_per_epoch,
+                    "total_steps": w.plan.total_steps,
                     "config": w.loop_config["config"],  # what built it: evaluate needs no --config
                 }
                 save_state(directory, state)
@@ -287,12 +297,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     every = w.config.eval.knn_every_epochs
     while w.epoch < w.config.train.epochs:
         metrics = _train_epoch(w, shard, view_keys)
-        if STOPPED_NONFINITE in metrics:
+        if STOPPED_NONFINITE in metrics or STOPPED_NO_BATCH in metrics:
             # No checkpoint: the driver reads this report and fails the run with the reason.
-            _say(w, f"epoch {w.epoch + 1}: {w.guard.in_a_row} non-finite steps in a row, stopping")
+            if STOPPED_NONFINITE in metrics:
+                _say(w, f"epoch {w.epoch + 1}: {w.guard.in_a_row} non-finite steps in a row, stopping")
             ray.train.report({**metrics, "epoch": w.epoch + 1})
             return
         w.epoch += 1
+        _fit_plan_to_the_epoch(w, int(metrics.pop("steps")))
         if w.rank == 0 and knn and (w.epoch == w.config.train.epochs or (every and w.epoch % every == 0)):
             metrics["knn_top1"] = w.knn(w.method.backbone)
             if w.method.classifies:
@@ -300,13 +312,30 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         counter = loop_config.get("skip_counter")
         if w.rank == 0 and counter is not None:
             # Every worker has finished the epoch (the loss all-reduce waits for all), so every
-            # file of it has been decoded: these are the epoch's skips, per reason.
-            skipped = ray.get(counter.take.remote())
+            # file of it has been decoded: these are the epoch's skips, per reason, with the
+            # files the listing's check had left out of every epoch.
+            skipped = Counter(ray.get(counter.take.remote())) + Counter(loop_config.get("listing_skips") or {})
             metrics.update({f"skipped_{reason}": float(skipped.get(reason, 0)) for reason in SKIP_REASONS})
         _report(w, metrics)
         if _stopped_by_sweep(w):
             _say(w, f"epoch {w.epoch}: stopped by the sweep's scheduler")
             break
+
+
+def _fit_plan_to_the_epoch(w: Worker, steps: int) -> None:
+    """An epoch shorter than planned (files that passed the listing's check but did not decode)
+    re-aims the schedule at the length the data really has, the same on every rank."""
+    if steps >= w.plan.steps_per_epoch:
+        return
+    steps = int(all_reduce_no_grad(torch.tensor([float(-steps)], device=w.device), op="max").item() * -1)
+    before = w.plan.steps_per_epoch
+    w.plan = w.plan.with_steps_per_epoch(steps, w.step, w.config.train.epochs - w.epoch)
+    if w.rank == 0:
+        _say(
+            w,
+            f"ssl-ray: warning: epoch {w.epoch} gave {steps} full batches where {before} were counted (files that "
+            f"did not decode; skipped_* in the run): the schedule now ends at step {w.plan.total_steps}",
+        )
 
 
 def _stopped_by_sweep(w: Worker) -> bool:

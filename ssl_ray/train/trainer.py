@@ -17,8 +17,10 @@ from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from ssl_ray.config import ConfigError, PipelineConfig
+from ssl_ray.data.errors import DataSourceError, warn
 from ssl_ray.data.skips import SkipCounter
-from ssl_ray.data.sources import build_pretrain_data, check_data_locations
+from ssl_ray.data.sources import PretrainData, build_pretrain_data, check_data_locations
+from ssl_ray.eval.knn import k_for_bank
 from ssl_ray.methods import METHODS
 from ssl_ray.nn.backbones import build_encoder
 from ssl_ray.tracking.epoch_log import EpochMetricsLogger
@@ -27,7 +29,8 @@ from ssl_ray.tracking.model import log_encoder_model
 from ssl_ray.tracking.plots import plot_curves
 from ssl_ray.train.checkpoint import encoder_state, load_state
 from ssl_ray.train.guard import NonFiniteLossError
-from ssl_ray.train.loop import STOPPED_NONFINITE, train_loop_per_worker
+from ssl_ray.train.loop import STOPPED_NO_BATCH, STOPPED_NONFINITE, train_loop_per_worker
+from ssl_ray.train.plan import TrainingPlan
 from ssl_ray.train.progress import ProgressBoard, ProgressPrinter
 from ssl_ray.train.storage import RunStorage, fresh_run_name, latest_run_name
 
@@ -44,6 +47,7 @@ class PretrainResult:
     epochs_done: int
     checkpoint_path: str | None
     test_top1: float | None = None  # label-trained methods: their classifier on the test images
+    knn_k: int | None = None  # the k the kNN monitor used (eval.knn_k, or the bank's smallest class)
 
 
 class ResumeError(RuntimeError):
@@ -82,6 +86,28 @@ def _with_label_classes(config: PipelineConfig, num_classes: int) -> PipelineCon
     if getattr(config.method, "num_classes", 0) is None:  # a classifier sized by the data
         return config.model_copy(update={"method": config.method.model_copy(update={"num_classes": num_classes})})
     return config
+
+
+def _fit_to_the_data(config: PipelineConfig, data: PretrainData) -> int:
+    """Checks of the config against the data as it decodes, before any worker starts: the batch
+    must fit the training set, and kNN's k the bank's smallest class (clipped, with a warning).
+    Returns the k the kNN monitor uses."""
+    where = "the training set" if config.data.source == "fashion_mnist" else f"the training set at {config.data.path}"
+    if data.listing_skips:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(data.listing_skips.items()))
+        warn(
+            f"{config.data.path}: {sum(data.listing_skips.values())} files are left out ({reasons}); {data.train_size} remain"
+        )
+    try:
+        TrainingPlan.from_config(config, data.train_size, where)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    k = config.eval.knn_k
+    if data.bank_labels is not None:
+        k = k_for_bank(k, data.bank_labels)
+        if k < config.eval.knn_k:
+            warn(f"eval.knn_k {config.eval.knn_k} is more than the kNN bank's smallest class: using k={k}")
+    return k
 
 
 def _register_encoder(config: PipelineConfig, tracker: RunTracker, tracking_uri: str, weights: dict) -> None:
@@ -160,6 +186,7 @@ def run_pretraining(
     skips = SkipCounter.remote() if config.data.source != "fashion_mnist" else None
     data = build_pretrain_data(config, counter=skips, augment_on_device=augment_on_device)
     config = _with_label_classes(config, data.num_classes)
+    knn_k = _fit_to_the_data(config, data)
     if tracker is None:
         tracker = RunTracker.start(
             tracking_uri,
@@ -180,6 +207,8 @@ def run_pretraining(
         train_loop_config={
             "config": config.model_dump(mode="json"),
             "train_size": data.train_size,
+            "knn_k": knn_k,
+            "listing_skips": data.listing_skips,
             "num_classes": data.num_classes,
             "knn": data.knn_bank is not None,
             "skip_counter": skips,
@@ -219,6 +248,15 @@ def run_pretraining(
 
     # Ray Train's result carries the last checkpointed report; the stop has none, so read it
     # from the run, where the epoch logger put it.
+    if tracker.metric_history(STOPPED_NO_BATCH):
+        epoch = int(tracker.metric_history(STOPPED_NO_BATCH)[-1][1])
+        message = (
+            f"{config.data.path}: epoch {epoch} gave no full batch of train.batch_size={config.train.batch_size} "
+            "images: fewer files decode than the listing's check counted (skipped_* in the run); lower train.batch_size"
+        )
+        tracker.set_tag("ssl_ray.failure", message)
+        tracker.end("FAILED")
+        raise DataSourceError(message)
     stopped = tracker.metric_history(STOPPED_NONFINITE)
     if stopped:
         epoch, in_a_row = stopped[-1][0], int(stopped[-1][1])
@@ -272,4 +310,5 @@ def run_pretraining(
         epochs_done=len(loss),
         checkpoint_path=checkpoint_path,
         test_top1=test_top1[-1][1] if test_top1 else None,
+        knn_k=knn_k,
     )
