@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pydantic import ValidationError
+
 from ssl_ray.config import ConfigError, load_config
 from ssl_ray.data.errors import DataSourceError
 
@@ -126,8 +128,12 @@ def _sweep(args: argparse.Namespace) -> int:
     fields = ("num_samples", "max_concurrent", "search", "scheduler", "grace_period", "reduction_factor", "seed")
     try:
         options = SweepOptions(**{f: getattr(args, f) for f in fields if getattr(args, f) is not None})
-    except ValueError as error:
-        raise ConfigError(f"sweep options: {error}") from None
+    except ValidationError as error:
+        problems = [
+            f"--{str(item['loc'][0]).replace('_', '-')}: {item['msg']} (got {item['input']!r})"
+            for item in error.errors()
+        ]
+        raise ConfigError("; ".join(problems)) from None
     check_sweepable(base, space, options)
 
     from ssl_ray.tracking.mlflow_run import ui_command

@@ -14,7 +14,9 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ssl_ray.strict import NoBoolNumbers, yaml_problem
 
 DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -23,7 +25,7 @@ class ConfigError(ValueError):
     """An invalid pipeline config; the message names the offending field."""
 
 
-class _Section(BaseModel):
+class _Section(NoBoolNumbers):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -397,7 +399,11 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         key, sep, raw = pair.partition("=")
         if not sep or not key or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", key):
             raise ConfigError(f"override {pair!r}: expected section.field=value")
-        _set_dotted(tree, key, yaml.safe_load(raw) if raw else None)
+        try:
+            value = yaml.safe_load(raw) if raw else None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"override {pair!r}: not valid YAML ({yaml_problem(error)})") from None
+        _set_dotted(tree, key, value)
     return tree
 
 
@@ -409,6 +415,17 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
+
+
+def _unknown_field(loc: list[str]) -> str:
+    """What a pipeline's unknown key could have been: the section's fields, or the sections."""
+    sections = PipelineConfig.model_fields
+    if len(loc) == 1:
+        return f"unknown section; the sections: {', '.join(sections)}"
+    model = sections[loc[0]].annotation if loc[0] in sections else None
+    if len(loc) == 2 and model is not None:
+        return f"unknown field; {loc[0]}'s fields: {', '.join(model.model_fields)}"
+    return "unknown field"
 
 
 def _describe(error: ValidationError, section: str | None = None, owner: str | None = None) -> str:
@@ -423,7 +440,7 @@ def _describe(error: ValidationError, section: str | None = None, owner: str | N
             continue
         field = ".".join(([section] if section else []) + loc) or "(config)"
         if item["type"] == "extra_forbidden":
-            message = f"unknown field for {owner}" if owner else "unknown field"
+            message = f"unknown field for {owner}" if owner else _unknown_field(loc)
         shown = item.get("input")
         suffix = f" (got {shown!r})" if item["type"] != "extra_forbidden" and not isinstance(shown, dict) else ""
         lines.append(f"{field}: {message}{suffix}")
@@ -444,7 +461,10 @@ def _read_pipeline(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}")
     if path.resolve() in seen:
         raise ConfigError(f"{path}: base: forms a cycle ({' -> '.join(p.name for p in (*seen, path))})")
-    loaded = yaml.safe_load(path.read_text())
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML at {yaml_problem(error)}") from None
     if loaded is not None and not isinstance(loaded, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     raw = dict(loaded or {})

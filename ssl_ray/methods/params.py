@@ -8,10 +8,12 @@ rather than silently ignored, and adding a method never touches the config modul
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from ssl_ray.strict import NoBoolNumbers
 
 
-class MethodParams(BaseModel):
+class MethodParams(NoBoolNumbers):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 

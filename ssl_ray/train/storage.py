@@ -71,3 +71,13 @@ def latest_run_name(storage_path: str, prefix: str, storage: StorageConfig | Non
         and info.base_name[len(prefix) + 1 :].replace("-", "").isdigit()
     )
     return names[-1] if names else None
+
+
+def run_exists(storage_path: str, name: str, storage: StorageConfig | None = None) -> bool:
+    """Whether a run folder ``name`` is under ``storage_path``."""
+    runs = RunStorage.resolve(storage_path, storage or StorageConfig())
+    filesystem = runs.filesystem or pafs.LocalFileSystem()
+    try:
+        return filesystem.get_file_info(f"{runs.path.rstrip('/')}/{name}").type == pafs.FileType.Directory
+    except OSError as error:
+        raise DataSourceError(describe_failure(runs.url, error)) from None

@@ -32,7 +32,7 @@ from ssl_ray.train.guard import NonFiniteLossError
 from ssl_ray.train.loop import STOPPED_NO_BATCH, STOPPED_NONFINITE, train_loop_per_worker
 from ssl_ray.train.plan import TrainingPlan
 from ssl_ray.train.progress import ProgressBoard, ProgressPrinter
-from ssl_ray.train.storage import RunStorage, fresh_run_name, latest_run_name
+from ssl_ray.train.storage import RunStorage, fresh_run_name, latest_run_name, run_exists
 
 
 @dataclass(frozen=True)
@@ -161,6 +161,9 @@ def run_pretraining(
         run_name = resume if isinstance(resume, str) else latest_run_name(runs.url, config.run_prefix, config.storage)
         if run_name is None:
             raise ResumeError(f"nothing to resume: no run named {config.run_prefix}-* under {runs.url}")
+        if isinstance(resume, str) and not run_exists(runs.url, run_name, config.storage):
+            # Said before any MLflow call, which would create ./mlflow.db for a typo.
+            raise ResumeError(f"nothing to resume: no run {run_name} under {runs.url} (train.storage_path)")
         tracker = RunTracker.find(tracking_uri, config.tracking.experiment, run_name)
         if tracker is None:
             raise ResumeError(f"no MLflow run tagged with Ray run {run_name} in {tracking_uri}")

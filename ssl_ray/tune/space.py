@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from ssl_ray.config import ConfigError, PipelineConfig, config_from_dict, merge_dotted, method_fields
+from ssl_ray.strict import yaml_problem
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 # Fields a sweep sets itself (each trial's run name and tracking), so a space may not.
@@ -131,7 +132,8 @@ def _parse_dimension(where: str, field: Any, spec: Any, raw_config: dict[str, An
         if not isinstance(args, list) or not args:
             raise SpaceError(f"{where}: {kind} needs a non-empty list of values, got {args!r}")
         return Dimension(field, kind, tuple(args))
-    if not (isinstance(args, list) and len(args) == 2 and all(isinstance(a, (int, float)) for a in args)):
+    numbers = isinstance(args, list) and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)
+    if not (numbers and len(args) == 2):
         raise SpaceError(f"{where}: {kind} needs [low, high], got {args!r}")
     low, high = args
     if not low < high:
@@ -169,5 +171,5 @@ def load_space(path: str | Path, raw_config: dict[str, Any]) -> SearchSpace:
     try:
         entries = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise SpaceError(f"{path}: not valid YAML ({error})") from None
+        raise SpaceError(f"{path}: not valid YAML at {yaml_problem(error)}") from None
     return parse_space(entries, raw_config, str(path))

@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from ssl_ray.config import ConfigError, PipelineConfig, config_from_dict, merge_dotted
+from ssl_ray.strict import NoBoolNumbers
 from ssl_ray.tune.space import SearchSpace, trial_values
 
 SWEEP_TAG = "ssl_ray.sweep"
@@ -39,7 +40,7 @@ TRIAL_DRIVER_MEMORY = 512 * 2**20
 DATA_CPUS_PER_TRIAL = 1.0  # decoding and views run in Ray Data tasks beside the workers
 
 
-class SweepOptions(BaseModel):
+class SweepOptions(NoBoolNumbers):
     """How to search; what each trial runs is the pipeline config."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
