@@ -37,7 +37,9 @@ def _pretrain(args: argparse.Namespace) -> int:
     )
     print(f"  raw pixels            {pct(result.knn_top1_raw_pixels)}")
     print(f"  random-init encoder   {pct(result.knn_top1_init)}")
-    print(f"  trained encoder       {pct(result.knn_top1)}   ({result.epochs_done} epochs)")
+    print(
+        f"  trained encoder       {pct(result.knn_top1)}   ({result.epochs_done} epoch{'s' * (result.epochs_done != 1)})"
+    )
     print(f"Ray Train run:  {result.ray_run_name}  (checkpoint: {result.checkpoint_path})")
     print(f"MLflow run id:  {result.mlflow_run_id}  (experiment '{config.tracking.experiment}')")
     print(f"Open the MLflow UI:  {ui_command(result.tracking_uri, result.mlflow_experiment_id, result.mlflow_run_id)}")
@@ -189,8 +191,19 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssl-ray", description=__doc__)
+    # Every command takes it, before or after its own arguments.
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument(
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,  # so that a --verbose before the command is not reset
+        help="also show Ray's own log lines (default: in Ray's log files only; or set SSL_RAY_VERBOSE=1)",
+    )
+    parser.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True)
-    pretrain = commands.add_parser("pretrain", help="self-supervised pretraining on Ray Train, tracked in MLflow")
+    pretrain = commands.add_parser(
+        "pretrain", parents=[verbose], help="self-supervised pretraining on Ray Train, tracked in MLflow"
+    )
     _pipeline_arguments(
         pretrain,
         "pipeline YAML, e.g. pipelines/simclr_fashion_mnist.yaml",
@@ -199,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pretrain.set_defaults(handler=_pretrain)
 
-    sweep = commands.add_parser("sweep", help="Ray Tune sweep of pretraining runs with ASHA early stopping")
+    sweep = commands.add_parser(
+        "sweep", parents=[verbose], help="Ray Tune sweep of pretraining runs with ASHA early stopping"
+    )
     _pipeline_arguments(
         sweep,
         "pipeline YAML every trial starts from",
@@ -218,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(handler=_sweep)
 
     check = commands.add_parser(
-        "evaluate", help="kNN, linear probe and fine-tuning of a trained encoder, with baselines"
+        "evaluate", parents=[verbose], help="kNN, linear probe and fine-tuning of a trained encoder, with baselines"
     )
     check.add_argument(
         "source",
@@ -261,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=_evaluate)
 
     shards = commands.add_parser(
-        "prepare", help="write a folder or bucket of images (or Fashion-MNIST) as Parquet shards"
+        "prepare", parents=[verbose], help="write a folder or bucket of images (or Fashion-MNIST) as Parquet shards"
     )
     shards.add_argument(
         "src",
@@ -296,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if rest:
         args.overrides = [*args.overrides, *rest]
+    from ssl_ray.console import set_verbose
+
+    set_verbose(args.verbose)
     try:
         return args.handler(args)
     except ConfigError as error:

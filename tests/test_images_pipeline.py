@@ -27,6 +27,19 @@ TINY = [
 ]
 
 
+# What Ray prints on its own during a run (training report dumps, an actor's constructor
+# error, a deprecation warning, Ray Data's notice, the token notice) and MLflow's notices.
+RAY_INTERNAL_LINES = (
+    "TrainingReport(",
+    "PreemptionWatcher",
+    "RayDeprecationWarning",
+    "Progress bars disabled",
+    "Token authentication",
+    "Successfully registered model",
+    "Creating initial MLflow database tables",
+)
+
+
 def big_truncated_png(seed: int) -> bytes:
     """A file larger than the listing's check reads, whose header is fine and data cut."""
     noise = np.random.default_rng(seed).integers(0, 256, (300, 300, 3), dtype=np.uint8)
@@ -43,12 +56,13 @@ def test_images_pipeline_counts_what_decodes_and_fits_k(tmp_path, fashion_mnist_
     common = [pipeline("simclr_images"), f"data.path={train}", f"data.val_path={val}", *TINY]
 
     # 126 good images + 2 that only a full decode finds bad: 128 pass the check.
-    refused = run_cli("pretrain", *common, "train.batch_size=129", cwd=tmp_path, timeout=300)
+    refused = run_cli("pretrain", *common, "train.batch_size=129", "--verbose", cwd=tmp_path, timeout=300)
     assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-3000:]
     message = refused.stderr.strip().splitlines()[-1]
     assert message.startswith("ssl-ray: train.batch_size (129) is larger than the training set at "), message
     assert "(128 decodable images)" in message and "Traceback" not in refused.stderr
     assert "5 files are left out (1 empty, 2 not_an_image, 2 truncated)" in refused.stderr
+    assert "Token authentication is enabled" in refused.stderr  # --verbose: Ray's own lines too
 
     # eval.knn_k=200 against 42 images per class in the bank: clipped, and said so.
     done = run_cli(
@@ -62,6 +76,9 @@ def test_images_pipeline_counts_what_decodes_and_fits_k(tmp_path, fashion_mnist_
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     console = done.stdout + done.stderr
+    # A quiet console by default: Ray's internal lines stay in its log files.
+    for internal in RAY_INTERNAL_LINES:
+        assert internal not in console, internal
     # Planned 128 // 64 = 2 steps an epoch; the first epoch found 126 images: 1 full batch.
     assert "epoch 1 gave 1 full batches where 2 were counted" in console, console[-3000:]
     assert "the schedule now ends at step 2" in console

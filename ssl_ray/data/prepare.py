@@ -23,6 +23,7 @@ import ray.data
 from PIL import Image
 
 from ssl_ray.config import StorageConfig
+from ssl_ray.console import start_ray
 from ssl_ray.data import fashion_mnist
 from ssl_ray.data.errors import DataSourceError
 from ssl_ray.data.files import (
@@ -110,7 +111,7 @@ def prepare(src: str, dst: str, options: PrepareOptions) -> dict:
     """Write the shards and the manifest; returns the manifest."""
     started = time.time()
     if not ray.is_initialized():
-        ray.init(logging_level="WARNING")
+        start_ray()
     filesystem, out = filesystem_for(dst, options.storage.endpoint_url, options.storage.region)
     try:
         existing = filesystem.get_file_info(pafs.FileSelector(out, allow_not_found=True))

@@ -10,7 +10,6 @@ start) and raw pixels.
 
 from __future__ import annotations
 
-import logging
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import numpy as np
 import ray
 import torch
 
+from ssl_ray.console import start_ray
 from ssl_ray.data.errors import warn
 from ssl_ray.data.sources import EvalData, build_eval_data
 from ssl_ray.data.views import ViewMaker
@@ -170,7 +170,7 @@ def _target_run(encoder: TrainedEncoder, tracking_uri: str) -> RunTracker:
 def evaluate(encoder: TrainedEncoder, options: EvaluateOptions, tracking_uri: str) -> Evaluation:
     started = time.perf_counter()
     if not ray.is_initialized():
-        ray.init(logging_level=logging.WARNING)
+        start_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False
     config = encoder.config
     data = build_eval_data(config, options.train_size, options.test_size, options.seed)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ssl_ray.console import library_prints_hidden
 from ssl_ray.tracking.mlflow_run import mlflow_tracking_uri
 
 ARTIFACT_NAME = "encoder_model"
@@ -35,7 +36,7 @@ def log_encoder_model(
     encoder = encoder.cpu().eval()
     with torch.no_grad():
         features = encoder(torch.from_numpy(example)).numpy()
-    with mlflow_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id):
+    with mlflow_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id), library_prints_hidden():
         info = mlflow.pytorch.log_model(
             encoder,
             name=ARTIFACT_NAME,

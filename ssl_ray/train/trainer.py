@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from ssl_ray.config import ConfigError, PipelineConfig
+from ssl_ray.console import start_ray
 from ssl_ray.data.errors import DataSourceError, warn
 from ssl_ray.data.skips import SkipCounter
 from ssl_ray.data.sources import PretrainData, build_pretrain_data, check_data_locations
@@ -179,7 +179,7 @@ def run_pretraining(
             # thread count asked for; start workers with the count they will use (a 1.05x
             # median gain here, benchmarks/README.md; mostly it keeps the settings honest).
             env["OMP_NUM_THREADS"] = str(config.train.threads_per_worker)
-        ray.init(logging_level=logging.WARNING, runtime_env={"env_vars": env} if env else None)
+        start_ray(runtime_env={"env_vars": env} if env else None)
     data_context = ray.data.DataContext.get_current()
     data_context.enable_progress_bars = False  # our own per-epoch bar says what matters
     data_context.print_on_execution_start = False

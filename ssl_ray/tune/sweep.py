@@ -30,6 +30,7 @@ import yaml
 from pydantic import ConfigDict, Field
 
 from ssl_ray.config import ConfigError, PipelineConfig, config_from_dict, merge_dotted
+from ssl_ray.console import start_ray
 from ssl_ray.strict import NoBoolNumbers
 from ssl_ray.tune.space import SearchSpace, trial_values
 
@@ -357,7 +358,7 @@ def run_sweep(
         )
 
     if not ray.is_initialized():
-        ray.init(logging_level="WARNING")
+        start_ray()
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, raw=trial_raw, sweep_name=name, parent_run_id=parent.run_id),
         # The trial only drives (reads the data's index, starts Ray Train, waits): its workers
