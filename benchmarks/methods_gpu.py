@@ -26,11 +26,12 @@ from ssl_ray.eval.features import extract_features
 from ssl_ray.eval.knn import knn_top1
 from ssl_ray.methods import build_method
 from ssl_ray.methods.base import TrainingClock
-from ssl_ray.nn.precision import autocast, resolve_precision
+from ssl_ray.nn.precision import resolve_precision
 from ssl_ray.nn.schedules import warmup_cosine
 from ssl_ray.train.guard import NonFiniteGuard
 from ssl_ray.train.optim import build_optimizer
 from ssl_ray.train.plan import TrainingPlan
+from ssl_ray.train.step import training_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,18 +87,12 @@ def run(method_name: str, args, train, test, device) -> list[dict]:
             lr = warmup_cosine(step, plan.total_steps, plan.warmup_steps, plan.peak_lr, final_lr)
             for group in optimizer.param_groups:
                 group["lr"] = plan.peak_lr if group.get("fixed_lr") else lr
-            method.clock = TrainingClock(step, plan.total_steps, plan.steps_per_epoch)
-            inputs = {"labels": labels[index]} if method.uses_labels else {}
-            with autocast(precision, device):
-                out = method(views, **inputs)
-            optimizer.zero_grad(set_to_none=True)
-            out["loss"].backward()
+            clock = TrainingClock(step, plan.total_steps, plan.steps_per_epoch)
+            batch_labels = labels[index] if method.uses_labels else None
+            out = training_step(method, optimizer, views, clock, labels=batch_labels, precision=precision, guard=guard)
             step += 1
-            if not guard.step_is_finite(out["loss"], method.parameters()):
+            if out is None:
                 continue
-            method.drop_frozen_gradients()
-            optimizer.step()
-            method.after_step()
             losses.append(out["loss"].detach())
         if device.type == "cuda":
             torch.cuda.synchronize()

@@ -1,22 +1,22 @@
-"""What the training loop does around a method, for tests that drive a method by hand."""
+"""What the training loop does around a method, for tests that drive a method by hand: the
+loop's own step (``ssl_ray.train.step``), with the clock a test names."""
 
 from __future__ import annotations
 
 import torch
 
 from ssl_ray.methods.base import SSLMethod, TrainingClock
+from ssl_ray.train.step import training_step
 
 
 def take_step(
-    method: SSLMethod, optimizer: torch.optim.Optimizer, step: int, total_steps: int, steps_per_epoch: int = 1, **inputs
+    method: SSLMethod,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    total_steps: int,
+    steps_per_epoch: int = 1,
+    views: list[torch.Tensor] | None = None,
+    labels: torch.Tensor | None = None,
 ) -> dict:
-    """One optimiser step as ``train/loop.py`` takes it: the clock, forward, backward, frozen
-    gradients dropped, the update, then the method's after-step hook (EMA, queues, centres)."""
-    method.clock = TrainingClock(step, total_steps, steps_per_epoch)
-    out = method(**inputs)
-    optimizer.zero_grad(set_to_none=True)
-    out["loss"].backward()
-    method.drop_frozen_gradients()
-    optimizer.step()
-    method.after_step()
-    return out
+    """One optimiser step as ``train/loop.py`` takes it (fp32, no guard)."""
+    return training_step(method, optimizer, views, TrainingClock(step, total_steps, steps_per_epoch), labels=labels)

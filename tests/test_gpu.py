@@ -10,6 +10,7 @@ from ssl_ray.methods import METHODS, build_method
 from ssl_ray.methods.base import TrainingClock
 from ssl_ray.nn.precision import autocast, resolve_precision
 from ssl_ray.train.optim import build_optimizer
+from ssl_ray.train.step import training_step
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -62,16 +63,10 @@ def test_method_trains_in_bf16_on_the_gpu(name, tmp_path):
     batches = [structured_views(generator) for _ in range(4)]
     losses = []
     for step in range(24):
-        labels = {"labels": torch.arange(128, device=device) % 4} if method.uses_labels else {}
-        method.clock = TrainingClock(step, 24, steps_per_epoch=4)
-        with autocast("bf16", device):
-            out = method(batches[step % 4], **labels)
+        labels = torch.arange(128, device=device) % 4 if method.uses_labels else None
+        clock = TrainingClock(step, 24, steps_per_epoch=4)
+        out = training_step(method, optimizer, batches[step % 4], clock, labels=labels, precision="bf16")
         assert out["loss"].dtype == torch.float32, "losses are computed in fp32 under autocast"
-        optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        method.drop_frozen_gradients()
-        optimizer.step()
-        method.after_step()
         losses.append(out["loss"].item())
     assert all(torch.isfinite(torch.tensor(losses))), losses
     assert sum(losses[-4:]) / 4 < sum(losses[2:6]) / 4, losses
@@ -129,14 +124,8 @@ def test_the_loops_gpu_options_together(tmp_path):
     for step in range(20):
         batch = [v.contiguous(memory_format=torch.channels_last) for v in views(crops[step % 4])]
         assert batch[0].dtype == torch.float32 and batch[0].is_cuda
-        method.clock = TrainingClock(step, 20)
-        with autocast("bf16", device):
-            out = method(batch)
-        optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        assert guard.step_is_finite(out["loss"], method.parameters())
-        optimizer.step()
-        method.after_step()
+        out = training_step(method, optimizer, batch, TrainingClock(step, 20), precision="bf16", guard=guard)
+        assert out is not None, "a finite step is taken"
         losses.append(out["loss"].item())
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4, losses
     nan_loss = out["loss"].detach() * float("nan")

@@ -207,10 +207,7 @@ def simsiam_collapse_monitors(tmp_path, stop_gradient: bool, steps: int = 200):
     view_maker = ViewMaker(config.augment, channels=1)
     stds, ranks = [], []
     for step in range(steps):
-        out = method(view_maker.views(images[step * 64 : (step + 1) * 64]))
-        optimizer.zero_grad()
-        out["loss"].backward()
-        optimizer.step()
+        out = take_step(method, optimizer, step, steps, views=view_maker.views(images[step * 64 : (step + 1) * 64]))
         if step >= steps - 20:
             stds.append(normalized_std(out["embedding"]))
             ranks.append(effective_rank(out["embedding"]))

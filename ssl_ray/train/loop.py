@@ -26,13 +26,14 @@ from ssl_ray.eval.knn import knn_top1
 from ssl_ray.methods import build_method
 from ssl_ray.methods.base import SSLMethod, TrainingClock
 from ssl_ray.nn.distributed import all_reduce_mean, all_reduce_no_grad, rank_zero_decides
-from ssl_ray.nn.precision import autocast, resolve_memory_format, resolve_precision
+from ssl_ray.nn.precision import resolve_memory_format, resolve_precision
 from ssl_ray.nn.schedules import warmup_cosine
 from ssl_ray.tracking.mlflow_run import RunTracker
 from ssl_ray.train.checkpoint import load_state, save_state
-from ssl_ray.train.guard import NonFiniteGuard, non_finite_tensors, repair_batchnorm
+from ssl_ray.train.guard import NonFiniteGuard, non_finite_tensors
 from ssl_ray.train.optim import build_optimizer
 from ssl_ray.train.plan import TrainingPlan
+from ssl_ray.train.step import training_step
 
 # Reported (with the count of non-finite steps in a row) when the guard stops the run.
 STOPPED_NONFINITE = "stopped_nonfinite"
@@ -200,26 +201,21 @@ def _train_epoch(w: Worker, shard, view_keys: list[str]) -> dict[str, float]:
         lr = warmup_cosine(w.step, plan.total_steps, plan.warmup_steps, plan.peak_lr, final_lr)
         for group in w.optimizer.param_groups:
             group["lr"] = plan.peak_lr if group.get("fixed_lr") else lr
-        w.method.clock = TrainingClock(w.step, plan.total_steps, plan.steps_per_epoch)
+        clock = TrainingClock(w.step, plan.total_steps, plan.steps_per_epoch)
         views = [batch[key].to(w.device, non_blocking=True) for key in view_keys]
         if w.device_views is not None:
             views = w.device_views(views)  # uint8 crops -> augmented floats in [0, 1]
         views = [view.contiguous(memory_format=w.memory_format) for view in views]
-        labels = {"labels": batch["label"].to(w.device, non_blocking=True)} if w.method.uses_labels else {}
-        with autocast(w.precision, w.device):
-            out = w.model(views, **labels)
-        w.optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
+        labels = batch["label"].to(w.device, non_blocking=True) if w.method.uses_labels else None
+        out = training_step(
+            w.method, w.optimizer, views, clock, model=w.model, labels=labels, precision=w.precision, guard=w.guard
+        )
         w.step += 1  # a skipped step still uses up its batch and its place in the lr schedule
-        if not w.guard.step_is_finite(out["loss"], w.method.parameters()):
-            repair_batchnorm(w.method)
+        if out is None:
             if w.guard.exhausted:
                 stopped = True
                 break
             continue
-        w.method.drop_frozen_gradients()
-        w.optimizer.step()
-        w.method.after_step()
         losses.append(out["loss"].detach())
         if w.rank == 0:
             recent = [*recent[-(MONITOR_BATCHES - 1) :], out["embedding"].float()]
