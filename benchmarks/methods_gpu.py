@@ -22,10 +22,10 @@ import torch
 from ssl_ray.config import load_config
 from ssl_ray.data.fashion_mnist import load_split
 from ssl_ray.data.views import view_transform
-from ssl_ray.eval.features import extract_features
-from ssl_ray.eval.knn import knn_top1
 from ssl_ray.methods import build_method
 from ssl_ray.methods.base import TrainingClock
+from ssl_ray.monitors.features import extract_features
+from ssl_ray.monitors.knn import knn_top1
 from ssl_ray.nn.precision import resolve_precision
 from ssl_ray.nn.schedules import warmup_cosine
 from ssl_ray.train.guard import NonFiniteGuard

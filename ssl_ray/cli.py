@@ -15,11 +15,12 @@ from ssl_ray.data.errors import DataSourceError
 def _pretrain(args: argparse.Namespace) -> int:
     config = load_config(args.config, _overrides(args))  # validated before Ray starts
 
+    from ssl_ray.eval.after_pretraining import finish_pretraining  # heavy imports after validation
     from ssl_ray.train.guard import NonFiniteLossError
-    from ssl_ray.train.trainer import ResumeError, run_pretraining  # heavy imports after validation
+    from ssl_ray.train.trainer import ResumeError, run_pretraining
 
     try:
-        result = run_pretraining(config, resume=args.resume)
+        result = run_pretraining(config, resume=args.resume, after_training=finish_pretraining)
     except (ResumeError, DataSourceError) as error:
         print(f"ssl-ray: {error}", file=sys.stderr)
         return 2

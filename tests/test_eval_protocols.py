@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from ssl_ray.data.subsets import balanced_subset
-from ssl_ray.eval.collapse import effective_rank
 from ssl_ray.eval.geometry import alignment, singular_spectrum, uniformity
 from ssl_ray.eval.probe import held_out_split, linear_probe
+from ssl_ray.monitors.collapse import effective_rank
 
 
 def separable(n: int, classes: int = 5, dim: int = 16, seed: int = 0):

@@ -18,7 +18,7 @@ from ssl_ray.data.files import Selection, image_files, parquet_shards
 from ssl_ray.data.sources import build_eval_data, build_pretrain_data
 from ssl_ray.data.subsets import stratified_sample
 from ssl_ray.eval.finetune import finetune_config
-from ssl_ray.eval.knn import k_for_bank
+from ssl_ray.monitors.knn import k_for_bank
 
 CLASSES = 10
 PER_CLASS = 30

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ssl_ray.eval.knn import knn_predict, knn_top1
+from ssl_ray.monitors.knn import knn_predict, knn_top1
 
 
 def knn_by_hand(query, bank, labels, num_classes, k, t):

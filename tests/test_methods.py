@@ -11,9 +11,9 @@ from steps import take_step
 from ssl_ray.config import ConfigError, config_from_dict, method_fields
 from ssl_ray.data import fashion_mnist
 from ssl_ray.data.views import ViewMaker
-from ssl_ray.eval.collapse import effective_rank, normalized_std
 from ssl_ray.methods import METHODS, build_method, register_method
 from ssl_ray.methods.base import TrainingClock
+from ssl_ray.monitors.collapse import effective_rank, normalized_std
 from ssl_ray.nn.schedules import cosine_momentum
 from ssl_ray.train.optim import build_optimizer, param_groups
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ssl_ray.eval.collapse import effective_rank, normalized_std
+from ssl_ray.monitors.collapse import effective_rank, normalized_std
 from ssl_ray.nn.heads import mlp
 from ssl_ray.nn.losses import InfoNCELoss, NegativeCosineLoss
 from ssl_ray.nn.momentum import deactivate_requires_grad, update_momentum

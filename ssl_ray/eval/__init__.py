@@ -1,1 +1,2 @@
-"""Evaluation of frozen encoders: the kNN monitor (more protocols come with the evaluation suite)."""
+"""Evaluation protocols on trained encoders (kNN, linear probe, few-label fine-tuning,
+diagnostics), above the training driver: fine-tuning runs the pretraining loop."""

@@ -24,14 +24,14 @@ from ssl_ray.data.errors import warn
 from ssl_ray.data.sources import EvalData, build_eval_data
 from ssl_ray.data.views import ViewMaker
 from ssl_ray.eval import diagnostics
-from ssl_ray.eval.collapse import effective_rank
 from ssl_ray.eval.encoders import TrainedEncoder
-from ssl_ray.eval.features import as_nchw
 from ssl_ray.eval.finetune import finetune, label_tag
 from ssl_ray.eval.geometry import alignment, singular_spectrum, uniformity
 from ssl_ray.eval.inference import EncoderSpec, embed
-from ssl_ray.eval.knn import k_for_bank, knn_top1
 from ssl_ray.eval.probe import linear_probe
+from ssl_ray.monitors.collapse import effective_rank
+from ssl_ray.monitors.features import as_nchw
+from ssl_ray.monitors.knn import k_for_bank, knn_top1
 from ssl_ray.tracking.mlflow_run import RunTracker
 
 KNN_KS = (10, 20, 200)

@@ -20,11 +20,11 @@ import torch
 from ssl_ray.config import PipelineConfig, config_from_dict
 from ssl_ray.data.decode import SKIP_REASONS
 from ssl_ray.data.views import DeviceViews
-from ssl_ray.eval.collapse import effective_rank, normalized_std
-from ssl_ray.eval.features import extract_features, pixels_as_features
-from ssl_ray.eval.knn import knn_top1
 from ssl_ray.methods import build_method
 from ssl_ray.methods.base import SSLMethod, TrainingClock
+from ssl_ray.monitors.collapse import effective_rank, normalized_std
+from ssl_ray.monitors.features import extract_features, pixels_as_features
+from ssl_ray.monitors.knn import knn_top1
 from ssl_ray.nn.distributed import all_reduce_mean, all_reduce_no_grad, rank_zero_decides
 from ssl_ray.nn.precision import resolve_memory_format, resolve_precision
 from ssl_ray.nn.schedules import warmup_cosine

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import ray
 import ray.data
 import torch
@@ -20,12 +20,10 @@ from ssl_ray.console import start_ray
 from ssl_ray.data.errors import DataSourceError, warn
 from ssl_ray.data.skips import SkipCounter
 from ssl_ray.data.sources import PretrainData, build_pretrain_data, check_data_locations
-from ssl_ray.eval.knn import k_for_bank
 from ssl_ray.methods import METHODS
-from ssl_ray.nn.backbones import build_encoder
+from ssl_ray.monitors.knn import k_for_bank
 from ssl_ray.tracking.epoch_log import EpochMetricsLogger
 from ssl_ray.tracking.mlflow_run import RunTracker, resolve_tracking_uri
-from ssl_ray.tracking.model import log_encoder_model
 from ssl_ray.tracking.plots import plot_curves
 from ssl_ray.train.checkpoint import encoder_state, load_state
 from ssl_ray.train.guard import NonFiniteLossError
@@ -58,22 +56,6 @@ def _use_gpu(config: PipelineConfig) -> bool:
     if config.train.use_gpu == "auto":
         return bool(ray.cluster_resources().get("GPU", 0))
     return bool(config.train.use_gpu)
-
-
-def _probe_at_end(config: PipelineConfig, tracker: RunTracker, tracking_uri: str, weights: dict) -> None:
-    """The linear probe (and kNN at k 10/20/200) on the trained encoder, into this run."""
-    from ssl_ray.eval.encoders import TrainedEncoder
-    from ssl_ray.eval.evaluate import EvaluateOptions, evaluate
-
-    options = EvaluateOptions(
-        baselines=False,
-        diagnostics=False,
-        train_size=config.eval.knn_bank_size,
-        test_size=config.eval.knn_query_size,
-        seed=config.train.seed,
-    )
-    evaluation = evaluate(TrainedEncoder(weights, config, tracker.run_id, tracker.run_id), options, tracking_uri)
-    print(f"Linear probe at the end (frozen encoder):\n{evaluation.table()}", flush=True)
 
 
 def _with_label_classes(config: PipelineConfig, num_classes: int) -> PipelineConfig:
@@ -110,16 +92,16 @@ def _fit_to_the_data(config: PipelineConfig, data: PretrainData) -> int:
     return k
 
 
-def _register_encoder(config: PipelineConfig, tracker: RunTracker, tracking_uri: str, weights: dict) -> None:
-    """The backbone as an MLflow PyTorch model, registered (``tracking.registered_model``)."""
-    m, channels, size = config.model, config.data.channels, config.augment.image_size
-    encoder, _ = build_encoder(m, channels, size)
-    encoder.load_state_dict(weights)
-    example = np.random.default_rng(0).integers(0, 256, (2, channels, size, size), dtype=np.uint8)
-    name = config.tracking.registered_model or f"{config.run_prefix}-encoder"
-    uri = log_encoder_model(tracking_uri, tracker.run_id, encoder, example, name)
-    tracker.set_tag("ssl_ray.registered_model", name)
-    tracker.set_tag("ssl_ray.model_uri", uri)
+@dataclass(frozen=True)
+class TrainedRun:
+    """What the layer above may do more with once a run has trained (the end-of-run probe,
+    registering the encoder), before its MLflow run is ended."""
+
+    config: PipelineConfig
+    tracker: RunTracker
+    tracking_uri: str
+    weights: dict[str, torch.Tensor]  # the backbone's, from the last checkpoint
+    labelled_eval: bool  # the run had labelled held-out images (kNN bank and queries)
 
 
 def _sync_batchnorm(config: PipelineConfig, use_gpu: bool) -> bool:
@@ -149,10 +131,13 @@ def run_pretraining(
     trial: SweepTrial | None = None,
     init_backbone: dict[str, torch.Tensor] | None = None,
     parent_run_id: str | None = None,
+    after_training: Callable[[TrainedRun], None] | None = None,
 ) -> PretrainResult:
     """``resume``: False (fresh run), True (the newest run of this config's name) or a run name.
     ``init_backbone``: encoder weights to start from (fine-tuning); ``parent_run_id``: the MLflow
-    run this one nests under (an evaluation's fine-tuning runs under the pretraining's)."""
+    run this one nests under (an evaluation's fine-tuning runs under the pretraining's);
+    ``after_training``: called with the trained run before its MLflow run ends (the
+    command line's end-of-run probe and model registration)."""
     tracking_uri = resolve_tracking_uri(config.tracking.tracking_uri)
     runs = RunStorage.resolve(config.train.storage_path, config.storage)
     runs.check(config.storage)
@@ -285,16 +270,17 @@ def run_pretraining(
                 weights = encoder_state(load_state(directory))
             torch.save(weights, out / "encoder.pt")
             tracker.log_artifact(out / "encoder.pt", "encoder")
-            if trial is None and parent_run_id is None:  # not for sweep trials and evaluations' runs
-                _register_encoder(config, tracker, tracking_uri, weights)
         (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
         tracker.log_artifact(out / "config.yaml")
         baselines = {name: value for name, value in (("random init", init), ("raw pixels", raw)) if value is not None}
         plot_curves(out / "curves.png", loss, knn, baselines, run_name)
         tracker.log_artifact(out / "curves.png", "plots")
-    probe = config.eval.linear_probe_at_end and trial is None and parent_run_id is None
-    if probe and result.checkpoint is not None and data.knn_bank is not None:
-        _probe_at_end(config, tracker, tracking_uri, weights)
+    if after_training is not None and result.checkpoint is not None:
+        try:
+            after_training(TrainedRun(config, tracker, tracking_uri, weights, data.knn_bank is not None))
+        except BaseException:
+            tracker.end("FAILED")
+            raise
     if trial is not None and len(loss) < config.train.epochs:  # the sweep's scheduler stopped it
         tracker.set_tag("ssl_ray.stopped_early", "true")
         tracker.end("KILLED")

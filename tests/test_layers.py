@@ -1,0 +1,138 @@
+"""The package's imports go one way: an AST scan of every module, lazy imports inside
+functions and ``TYPE_CHECKING`` blocks included, fails on an import cycle and on the lower
+layers reaching up (``nn/`` and ``methods/`` import no Ray, MLflow, training, evaluation or
+tracking; the monitors no training or evaluation protocol)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "ssl_ray"
+
+# The one cycle left to undo: methods still take the whole PipelineConfig, and the encoder
+# factory types its ModelConfig from config.py, while config.py validates each method's
+# Params (issue 17, item 1: methods built from their own Params and an encoder the factory
+# gives them). Its modules can only be these; any other cycle fails the test, and so does
+# this one's absence (take it off then).
+KNOWN_CYCLE_MODULES = ("ssl_ray.config", "ssl_ray.methods", "ssl_ray.nn.backbones")
+
+
+def is_the_known_cycle(component: frozenset[str]) -> bool:
+    inside = all(any(m == k or m.startswith(k + ".") for k in KNOWN_CYCLE_MODULES) for m in component)
+    return inside and "ssl_ray.config" in component
+
+
+FORBIDDEN = {
+    "ssl_ray.nn": ("ray", "mlflow", "ssl_ray.train", "ssl_ray.eval", "ssl_ray.tracking", "ssl_ray.monitors"),
+    "ssl_ray.methods": ("ray", "mlflow", "ssl_ray.train", "ssl_ray.eval", "ssl_ray.tracking", "ssl_ray.monitors"),
+    "ssl_ray.monitors": ("ssl_ray.train", "ssl_ray.eval", "ssl_ray.tune", "ssl_ray.tracking"),
+    "ssl_ray.train": ("ssl_ray.eval", "ssl_ray.tune", "ssl_ray.cli"),
+    "ssl_ray.data": ("ssl_ray.train", "ssl_ray.eval", "ssl_ray.tune", "ssl_ray.cli"),
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module ``path`` imports, wherever the import statement is."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)  # "from pkg import module"
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    edges = {}
+    for name, path in modules.items():
+        edges[name] = {target for target in imports_of(path) if target in modules and target != name}
+    return edges
+
+
+def cycles(edges: dict[str, set[str]]) -> list[frozenset[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in edges[node]:
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = set()
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.add(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(frozenset(component))
+
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_package_has_no_import_cycle_but_the_known_one():
+    found = cycles(graph())
+    others = [sorted(c) for c in found if not is_the_known_cycle(c)]
+    assert others == [], f"import cycles: {others}"
+    assert any(is_the_known_cycle(c) for c in found), "config <-> methods is gone: drop KNOWN_CYCLE_MODULES"
+
+
+def test_lower_layers_do_not_reach_up():
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        name = module_name(path)
+        for layer, banned in FORBIDDEN.items():
+            if name == layer or name.startswith(layer + "."):
+                offenders += [
+                    f"{name} imports {target}"
+                    for target in sorted(imports_of(path))
+                    if any(target == b or target.startswith(b + ".") for b in banned)
+                ]
+    assert offenders == []
+
+
+def test_the_scan_sees_lazy_and_type_checking_imports(tmp_path):
+    """The scan itself: an import inside a function and one under TYPE_CHECKING both count."""
+    source = tmp_path / "probe.py"
+    source.write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ssl_ray.config import X\n"
+        "def f():\n    import ssl_ray.train.loop\n"
+    )
+    found = {t for t in imports_of_source(source) if t.startswith("ssl_ray")}
+    assert {"ssl_ray.config", "ssl_ray.train.loop"} <= found
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [frozenset({"a", "b", "c"})]
+
+
+def imports_of_source(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
