@@ -34,6 +34,7 @@ from ssl_ray.train.guard import NonFiniteGuard, non_finite_tensors
 from ssl_ray.train.optim import build_optimizer
 from ssl_ray.train.plan import TrainingPlan
 from ssl_ray.train.step import training_step
+from ssl_ray.train.worker_config import WorkerConfig
 
 # Reported (with the count of non-finite steps in a row) when the guard stops the run.
 STOPPED_NONFINITE = "stopped_nonfinite"
@@ -54,7 +55,7 @@ class Worker:
 
     config: PipelineConfig
     plan: TrainingPlan
-    loop_config: dict[str, Any]
+    setup: WorkerConfig
     rank: int
     device: torch.device
     memory_format: torch.memory_format
@@ -79,8 +80,8 @@ class Worker:
         bank, bank_labels = features("knn_bank", "the bank's training images")
         query, query_labels = features("knn_query", "the queries (data.val_path; is data.val_source right?)")
         e = self.config.eval
-        k = self.loop_config.get("knn_k") or e.knn_k  # fitted to the bank's smallest class by the driver
-        return knn_top1(query, query_labels, bank, bank_labels, self.loop_config["num_classes"], k, e.knn_temperature)
+        k = self.setup.knn_k  # fitted to the bank's smallest class by the driver
+        return knn_top1(query, query_labels, bank, bank_labels, self.setup.num_classes, k, e.knn_temperature)
 
     def classifier_top1(self) -> float:
         """Top-1 of a label-trained method's own classifier on the held-out images."""
@@ -101,14 +102,14 @@ class _Classifier(torch.nn.Module):
         return self.method.logits(images)
 
 
-def _start(loop_config: dict[str, Any]) -> Worker:
-    config = config_from_dict(loop_config["config"])
-    plan = TrainingPlan.from_config(config, loop_config["train_size"])
+def _start(setup: WorkerConfig) -> Worker:
+    config = config_from_dict(setup.config)
+    plan = TrainingPlan.from_config(config, setup.train_size)
     torch.set_num_threads(config.train.threads_per_worker or max(1, int(config.train.cpus_per_worker)))
     torch.manual_seed(config.train.seed)  # same init on every rank (DDP also broadcasts rank 0's)
     device = ray.train.torch.get_device()
     method = build_method(config)
-    if loop_config.get("sync_batchnorm"):
+    if setup.sync_batchnorm:
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
     state = None
     checkpoint = ray.train.get_checkpoint()
@@ -133,7 +134,7 @@ def _start(loop_config: dict[str, Any]) -> Worker:
     worker = Worker(
         config=config,
         plan=plan,
-        loop_config=loop_config,
+        setup=setup,
         rank=rank,
         device=device,
         precision=resolve_precision(config.train.precision, device),
@@ -141,18 +142,18 @@ def _start(loop_config: dict[str, Any]) -> Worker:
         method=method,
         model=model,
         optimizer=optimizer,
-        tracker=RunTracker(loop_config["tracking_uri"], loop_config["mlflow_run_id"]) if rank == 0 else None,
+        tracker=RunTracker(setup.tracking_uri, setup.mlflow_run_id) if rank == 0 else None,
         guard=NonFiniteGuard(config.train.max_nonfinite_steps, config.optim.grad_clip_norm),
         device_views=None,
     )
-    if loop_config.get("augment_on_device"):
+    if setup.augment_on_device:
         worker.device_views = DeviceViews(config.augment, config.data.channels).to(device)
         # Every rank the same weights (seeded above), but its own augmentation draws.
         torch.manual_seed(config.train.seed + 1 + rank)
-    if state is None and loop_config.get("init_backbone") is not None:
+    if state is None and setup.init_backbone is not None:
         # Fine-tuning: the pretrained encoder is where training starts (a restart or a
         # --resume takes the checkpoint's weights instead).
-        method.backbone.load_state_dict(loop_config["init_backbone"])
+        method.backbone.load_state_dict(setup.init_backbone)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])  # moves its tensors to the params' device
         worker.epoch, worker.step = state["epoch"], state["step"]
@@ -165,7 +166,7 @@ def _start(loop_config: dict[str, Any]) -> Worker:
 
 def _say(w: Worker, line: str) -> None:
     """A line for the user's terminal: through the driver's progress board when there is one."""
-    board = w.loop_config.get("progress_board")
+    board = w.setup.progress_board
     if board is not None:
         board.say.remote(line)
     else:
@@ -189,7 +190,7 @@ def _baselines(w: Worker) -> None:
 def _train_epoch(w: Worker, shard, view_keys: list[str]) -> dict[str, float]:
     config, plan = w.config, w.plan
     final_lr = plan.peak_lr * config.optim.final_lr_fraction
-    board = w.loop_config.get("progress_board") if w.rank == 0 else None
+    board = w.setup.progress_board if w.rank == 0 else None
     started, losses, lr, stopped = time.perf_counter(), [], 0.0, False
     recent: list[torch.Tensor] = []  # the epoch's last embeddings, for the collapse monitors
     batches = shard.iter_torch_batches(batch_size=plan.batch_per_worker, drop_last=True, prefetch_batches=2)
@@ -274,7 +275,7 @@ def _report(w: Worker, metrics: dict[str, float]) -> None:
                     "step": w.step,
                     "steps_per_epoch": w.plan.steps_per_epoch,
                     "total_steps": w.plan.total_steps,
-                    "config": w.loop_config["config"],  # what built it: evaluate needs no --config
+                    "config": w.setup.config,  # what built it: evaluate needs no --config
                 }
                 save_state(directory, state)
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
@@ -282,10 +283,12 @@ def _report(w: Worker, metrics: dict[str, float]) -> None:
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train's entry point: ``loop_config`` holds the driver's ``WorkerConfig``."""
+    setup = WorkerConfig.from_loop_config(loop_config)
     for name in ("ray.data", "ray.train"):  # per-epoch INFO lines would bury the progress bar
         logging.getLogger(name).setLevel(logging.WARNING)
-    w = _start(loop_config)
-    knn = loop_config.get("knn", True)
+    w = _start(setup)
+    knn = setup.knn
     if w.rank == 0 and w.epoch == 0 and w.config.eval.knn_at_init and knn:
         _baselines(w)
     shard = ray.train.get_dataset_shard("train")
@@ -305,12 +308,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             metrics["knn_top1"] = w.knn(w.method.backbone)
             if w.method.classifies:
                 metrics["test_top1"] = w.classifier_top1()
-        counter = loop_config.get("skip_counter")
+        counter = setup.skip_counter
         if w.rank == 0 and counter is not None:
             # Every worker has finished the epoch (the loss all-reduce waits for all), so every
             # file of it has been decoded: these are the epoch's skips, per reason, with the
             # files the listing's check had left out of every epoch.
-            skipped = Counter(ray.get(counter.take.remote())) + Counter(loop_config.get("listing_skips") or {})
+            skipped = Counter(ray.get(counter.take.remote())) + Counter(setup.listing_skips)
             metrics.update({f"skipped_{reason}": float(skipped.get(reason, 0)) for reason in SKIP_REASONS})
         _report(w, metrics)
         if _stopped_by_sweep(w):
@@ -338,7 +341,7 @@ def _stopped_by_sweep(w: Worker) -> bool:
     """A sweep's trial passes an ``epoch_gate`` (``ssl_ray.tune.verdicts.VerdictGate``): rank 0
     asks it whether the scheduler stopped the trial at the epoch just reported, and every rank
     follows the answer."""
-    gate = w.loop_config.get("epoch_gate")
+    gate = w.setup.epoch_gate
     if gate is None:
         return False
     return rank_zero_decides(w.rank == 0 and gate.stop_after(w.epoch), w.device)

@@ -31,6 +31,7 @@ from ssl_ray.train.loop import STOPPED_NO_BATCH, STOPPED_NONFINITE, train_loop_p
 from ssl_ray.train.plan import TrainingPlan
 from ssl_ray.train.progress import ProgressBoard, ProgressPrinter
 from ssl_ray.train.storage import RunStorage, fresh_run_name, latest_run_name, run_exists
+from ssl_ray.train.worker_config import WorkerConfig
 
 
 @dataclass(frozen=True)
@@ -192,22 +193,22 @@ def run_pretraining(
     board = ProgressBoard.remote()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "config": config.model_dump(mode="json"),
-            "train_size": data.train_size,
-            "knn_k": knn_k,
-            "listing_skips": data.listing_skips,
-            "num_classes": data.num_classes,
-            "knn": data.knn_bank is not None,
-            "skip_counter": skips,
-            "tracking_uri": tracking_uri,
-            "mlflow_run_id": tracker.run_id,
-            "progress_board": board,
-            "epoch_gate": trial.epoch_gate if trial else None,
-            "sync_batchnorm": sync_batchnorm,
-            "init_backbone": init_backbone,
-            "augment_on_device": augment_on_device,
-        },
+        train_loop_config=WorkerConfig(
+            config=config.model_dump(mode="json"),
+            tracking_uri=tracking_uri,
+            mlflow_run_id=tracker.run_id,
+            train_size=data.train_size,
+            num_classes=data.num_classes,
+            knn=data.knn_bank is not None,
+            knn_k=knn_k,
+            sync_batchnorm=sync_batchnorm,
+            augment_on_device=augment_on_device,
+            listing_skips=data.listing_skips,
+            init_backbone=init_backbone,
+            skip_counter=skips,
+            progress_board=board,
+            epoch_gate=trial.epoch_gate if trial else None,
+        ).as_loop_config(),
         scaling_config=ScalingConfig(
             num_workers=config.train.num_workers,
             use_gpu=use_gpu,
