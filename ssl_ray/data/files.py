@@ -6,7 +6,8 @@ them into *units*, what one read can take on its own: an image file, or a row gr
 shard. Every unit's label is known there (a file's class folder; a shard's label column, read
 alone), so subsets are drawn by class (``subsets.stratified_sample``), never as the first N of
 a listing. The units are then read in a fresh seeded permutation each pass (``order.py``),
-``FILES_PER_TASK`` files or about ``ROWS_PER_TASK`` shard rows per read task, so every batch
+``FILES_PER_TASK`` files or about ``ROWS_PER_TASK`` shard rows per read task (fewer for data
+too small to give every CPU two tasks), so every batch
 mixes the classes as a uniform shuffle would, whatever order the listing or the shards are in.
 
 - image files: the index checks every file first (``probe``): the whole of a small file is
@@ -44,7 +45,7 @@ from ssl_ray.config import DataConfig, StorageConfig
 from ssl_ray.data.decode import PROBE_BYTES, UNREADABLE, decode_column, probe_image
 from ssl_ray.data.errors import DataSourceError, warn
 from ssl_ray.data.objectstore import StoredFile, describe_failure, filesystem_for, list_files
-from ssl_ray.data.order import ShuffledUnits
+from ssl_ray.data.order import ShuffledUnits, units_per_task
 from ssl_ray.data.subsets import balanced_subset, stratified_sample
 
 FILES_PER_TASK = 64
@@ -234,7 +235,10 @@ def image_files(
     chosen = selection.rows(index.labels, url)
     units = [(index.paths[i], int(index.labels[i])) for i in chosen]
     read = functools.partial(_read_images, filesystem=filesystem, channels=channels, size=size, counter=counter)
-    source = ShuffledUnits(units, [1] * len(units), FILES_PER_TASK, read, selection.shuffle_seed, "ReadImageFiles")
+    rows = [1] * len(units)
+    source = ShuffledUnits(
+        units, rows, units_per_task(rows, FILES_PER_TASK), read, selection.shuffle_seed, "ReadImageFiles"
+    )
     return FileSource(
         source.dataset(),
         len(units),
@@ -370,20 +374,31 @@ def _units_from_rows(index: ShardIndex, chosen: np.ndarray) -> list[tuple]:
     return units
 
 
-def _warn_if_unmixable(url: str, index: ShardIndex) -> None:
-    """A row group is the smallest thing a read takes; groups of one class, each bigger than a
-    read task, cannot be mixed into class-mixed batches by any read order."""
+# Fewer groups than this in a read task cannot give a batch many classes when each group is
+# of one class: groups of more than ROWS_PER_TASK // MIXING_GROUPS rows are warned about.
+MIXING_GROUPS = 8
+
+
+def _rows_in_single_class_groups(index: ShardIndex, larger_than: int = 1) -> int:
+    """Rows in row groups of one class (and more than ``larger_than`` rows): shards sorted by class."""
+    if not index.label_column:
+        return 0
     starts = np.cumsum([0, *(rows for *_, rows in index.groups)])
-    single = sum(
+    return sum(
         rows
         for g, (_, _, _, rows) in enumerate(index.groups)
-        if rows > ROWS_PER_TASK and len(np.unique(index.labels[starts[g] : starts[g + 1]])) == 1
+        if rows > larger_than and len(np.unique(index.labels[starts[g] : starts[g + 1]])) == 1
     )
-    if index.label_column and single > len(index.labels) / 2:
+
+
+def _warn_if_unmixable(url: str, index: ShardIndex) -> None:
+    """A row group is the smallest thing a read takes; groups of one class, each too big for a
+    read task to hold several, cannot be mixed into class-mixed batches by any read order."""
+    if _rows_in_single_class_groups(index, ROWS_PER_TASK // MIXING_GROUPS) > len(index.labels) / 2:
         warn(
-            f"{url}: most rows sit in row groups of more than {ROWS_PER_TASK} rows of a single class, so "
-            "training batches cannot mix the classes; rewrite the shards with `ssl-ray prepare` (random order, "
-            "small row groups)"
+            f"{url}: most rows sit in row groups of a single class and more than {ROWS_PER_TASK // MIXING_GROUPS} "
+            "rows, so training batches cannot mix the classes; rewrite the shards with `ssl-ray prepare` "
+            "(random order, small row groups)"
         )
 
 
@@ -403,7 +418,11 @@ def parquet_shards(
     if selection.shuffle_seed is not None:
         _warn_if_unmixable(url, index)
     rows = [unit[-1] for unit in units]
-    per_task = max(1, round(ROWS_PER_TASK / max(1.0, float(np.median(rows)))) if rows else 1)
+    if _rows_in_single_class_groups(index) > len(index.labels) / 2:
+        # Shards sorted by class: mixing comes first, ROWS_PER_TASK rows of many groups a task.
+        per_task = max(1, round(ROWS_PER_TASK / max(1.0, float(np.median(rows)))))
+    else:
+        per_task = units_per_task(rows, ROWS_PER_TASK)
     read = functools.partial(
         _read_groups,
         filesystem=filesystem,

@@ -25,6 +25,17 @@ from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 
+def units_per_task(rows: Sequence[int], target_rows: int) -> int:
+    """Units per read task: about ``target_rows`` rows, but small data still cut into at least
+    two tasks per CPU of the cluster, so no core idles on a dataset of a few shards (the
+    reason the readers were written: benchmarks/README.md, "Data pipeline")."""
+    if not len(rows):
+        return 1
+    cpus = int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else 1
+    wanted = min(target_rows, max(1, -(-int(sum(rows)) // (2 * cpus))))
+    return max(1, round(wanted / max(1.0, float(np.median(rows)))))
+
+
 def _as_blocks(read: Callable[[list[Any]], Iterable[dict[str, np.ndarray]]], units: list[Any]):
     for batch in read(units):
         yield BlockAccessor.batch_to_block(batch)
