@@ -62,7 +62,7 @@ def test_images_pipeline_counts_what_decodes_and_fits_k(tmp_path, fashion_mnist_
     assert message.startswith("ssl-ray: train.batch_size (129) is larger than the training set at "), message
     assert "(128 decodable images)" in message and "Traceback" not in refused.stderr
     assert "5 files are left out (1 empty, 2 not_an_image, 2 truncated)" in refused.stderr
-    assert "Token authentication is enabled" in refused.stderr  # --verbose: Ray's own lines too
+    assert "Progress bars disabled" in refused.stderr  # --verbose: Ray's own lines too
 
     # eval.knn_k=200 against 42 images per class in the bank: clipped, and said so.
     done = run_cli(
