@@ -60,6 +60,17 @@ def test_guard_decision_is_the_same_on_every_rank():
     assert run_on_two_workers(_one_rank_has_nan) == {0: False, 1: False}
 
 
+def _shortest_epoch(rank: int) -> float:
+    from ssl_ray.nn.distributed import all_reduce_no_grad
+
+    return all_reduce_no_grad(torch.tensor([[5.0, 4.0][rank]]), op="min").item()
+
+
+def test_ranks_agree_on_the_shortest_epoch():
+    """What the loop re-aims the schedule with when an epoch comes out short on some rank."""
+    assert run_on_two_workers(_shortest_epoch) == {0: 4.0, 1: 4.0}
+
+
 def test_repair_batchnorm_resets_only_broken_statistics():
     model = nn.Sequential(nn.BatchNorm2d(2), nn.BatchNorm2d(2))
     model.train()

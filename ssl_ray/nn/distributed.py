@@ -51,10 +51,11 @@ def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def all_reduce_no_grad(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
-    """``tensor`` summed (``op="max"``: maximised) over all workers, in place, no gradient;
-    itself with one process."""
+    """``tensor`` summed (``op="max"`` / ``"min"``: maximised / minimised) over all workers, in
+    place, no gradient; itself with one process."""
     if is_distributed():
-        dist.all_reduce(tensor, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
+        ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+        dist.all_reduce(tensor, op=ops[op])
     return tensor
 
 

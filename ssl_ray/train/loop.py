@@ -323,10 +323,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 def _fit_plan_to_the_epoch(w: Worker, steps: int) -> None:
     """An epoch shorter than planned (files that passed the listing's check but did not decode)
-    re-aims the schedule at the length the data really has, the same on every rank."""
+    re-aims the schedule at the length the data really has, the same on every rank (each
+    joins the reduction, short or not, so none waits on a peer that returned early)."""
+    steps = int(all_reduce_no_grad(torch.tensor([float(steps)], device=w.device), op="min").item())
     if steps >= w.plan.steps_per_epoch:
         return
-    steps = int(all_reduce_no_grad(torch.tensor([float(-steps)], device=w.device), op="max").item() * -1)
     before = w.plan.steps_per_epoch
     w.plan = w.plan.with_steps_per_epoch(steps, w.step, w.config.train.epochs - w.epoch)
     if w.rank == 0:
