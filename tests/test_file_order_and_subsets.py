@@ -14,9 +14,9 @@ from PIL import Image
 
 from ssl_ray.config import StorageConfig, config_from_dict
 from ssl_ray.data import files
-from ssl_ray.data.files import Selection, image_files, parquet_shards
+from ssl_ray.data.files import image_files, parquet_shards
 from ssl_ray.data.sources import build_eval_data, build_pretrain_data
-from ssl_ray.data.subsets import stratified_sample
+from ssl_ray.data.subsets import Selection, stratified_sample
 from ssl_ray.eval.finetune import finetune_config
 from ssl_ray.monitors.knn import k_for_bank
 

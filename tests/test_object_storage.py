@@ -25,10 +25,11 @@ import ssl_ray.data.files as files_module
 from ssl_ray.config import StorageConfig, config_from_dict
 from ssl_ray.data.decode import PROBE_BYTES
 from ssl_ray.data.errors import DataSourceError
-from ssl_ray.data.files import Selection, image_files, listing, parquet_shards
+from ssl_ray.data.files import image_files, listing, parquet_shards
 from ssl_ray.data.objectstore import list_files
 from ssl_ray.data.prepare import PrepareOptions, prepare
 from ssl_ray.data.skips import SkipCounter
+from ssl_ray.data.subsets import Selection
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ from ssl_ray.data.decode import PROBE_BYTES, UNREADABLE, decode_column, probe_im
 from ssl_ray.data.errors import DataSourceError, warn
 from ssl_ray.data.objectstore import StoredFile, describe_failure, filesystem_for, list_files
 from ssl_ray.data.order import ShuffledUnits, units_per_task
-from ssl_ray.data.subsets import balanced_subset, stratified_sample
+from ssl_ray.data.subsets import EVERY_ROW, Selection
 
 FILES_PER_TASK = 64
 FETCH_THREADS = 16
@@ -61,27 +62,6 @@ MANIFEST = "manifest.json"
 def listing(url: str, storage: StorageConfig) -> tuple[StoredFile, ...]:
     """One listing per location per process: training and the kNN bank read the same files."""
     return tuple(list_files(url, storage.endpoint_url, storage.region))
-
-
-@dataclass(frozen=True)
-class Selection:
-    """Which of a source's rows a read takes, and in what order."""
-
-    size: int | None = None  # a class-stratified sample of this many rows (None: all)
-    seed: int = 0  # the sample's
-    label_fraction: float | None = None  # then a class-balanced share of those (few-label runs)
-    label_seed: int = 0
-    shuffle_seed: int | None = None  # each pass a fresh permutation from this seed; None: listing order
-
-    def rows(self, labels: np.ndarray, where: str) -> np.ndarray:
-        chosen = stratified_sample(labels, self.size, self.seed)
-        if self.label_fraction is not None:
-            if (labels[chosen] < 0).all():
-                raise DataSourceError(
-                    f"{where}: data.label_fraction needs labels (one sub-folder per class, or a label column)"
-                )
-            chosen = chosen[balanced_subset(labels[chosen], self.label_fraction, self.label_seed)]
-        return chosen
 
 
 @dataclass
@@ -168,7 +148,6 @@ class ImageIndex:
     labels: np.ndarray
     classes: tuple[str, ...]
     skipped: dict[str, int]  # per reason, of the listed files
-    examples: dict[str, list[str]]
 
 
 def _probe_batch(batch: dict[str, np.ndarray], filesystem) -> dict[str, np.ndarray]:
@@ -199,14 +178,8 @@ def image_index(url: str, storage: StorageConfig) -> ImageIndex:
     reasons = _probe(files, filesystem)
     kept = [f.path for f in files if not reasons.get(f.path)]
     classes = folder_classes(root, kept)  # a folder with no decodable image is no class
-    skipped: dict[str, int] = {}
-    examples: dict[str, list[str]] = {}
-    for f in files:
-        reason = reasons.get(f.path)
-        if reason:
-            skipped[reason] = skipped.get(reason, 0) + 1
-            examples.setdefault(reason, []).append(f.path)
-    return ImageIndex(tuple(kept), folder_labels(kept, root, classes), classes, skipped, examples)
+    skipped = dict(Counter(reason for reason in reasons.values() if reason))
+    return ImageIndex(tuple(kept), folder_labels(kept, root, classes), classes, skipped)
 
 
 def _read_images(units: list[tuple[str, int]], filesystem, channels: int, size: int, counter) -> Iterator[dict]:
@@ -226,7 +199,7 @@ def image_files(
     channels: int,
     size: int,
     counter=None,
-    selection: Selection = Selection(),
+    selection: Selection = EVERY_ROW,
 ) -> FileSource:
     """The checked files under ``url``, ``selection``'s rows of them."""
     index = image_index(url, storage)
@@ -276,6 +249,22 @@ class ShardIndex:
     classes: tuple[str, ...]
     columns: tuple[str, ...]  # what a read takes
     label_column: str | None
+
+    @functools.cached_property
+    def starts(self) -> np.ndarray:
+        """Each group's first row in ``labels`` (and the total last)."""
+        return np.cumsum([0, *(rows for *_, rows in self.groups)])
+
+    def group_of(self, rows: np.ndarray) -> np.ndarray:
+        """The group each of ``rows`` (indices into ``labels``) sits in."""
+        return np.searchsorted(self.starts, rows, side="right") - 1
+
+    @functools.cached_property
+    def single_class(self) -> np.ndarray:
+        """Per group: all its rows of one class (a shard sorted by class). False without labels."""
+        if not self.label_column:
+            return np.zeros(len(self.groups), dtype=bool)
+        return np.array([len(np.unique(self.labels[a:b])) == 1 for a, b in zip(self.starts[:-1], self.starts[1:])])
 
 
 def _shard_layout(path: str, filesystem, label_column: str | None) -> tuple[list[int], np.ndarray | None]:
@@ -375,12 +364,11 @@ def _read_groups(units, filesystem, columns, counter, shuffle: bool, **decode) -
 def _units_from_rows(index: ShardIndex, chosen: np.ndarray) -> list[tuple]:
     """The chosen rows (sorted indices into ``index.labels``) as row-group units:
     ``(shard, group, first row, positions in the group or None for all, rows)``."""
-    starts = np.cumsum([0, *(rows for *_, rows in index.groups)])
-    group_of = np.searchsorted(starts, chosen, side="right") - 1
+    group_of = index.group_of(chosen)
     units = []
     for g in np.unique(group_of):
         shard, group, first, rows = index.groups[g]
-        positions = chosen[group_of == g] - starts[g]
+        positions = chosen[group_of == g] - index.starts[g]
         whole = len(positions) == rows
         units.append((shard, group, first, None if whole else positions.tolist(), len(positions)))
     return units
@@ -393,14 +381,8 @@ MIXING_GROUPS = 8
 
 def _rows_in_single_class_groups(index: ShardIndex, larger_than: int = 1) -> int:
     """Rows in row groups of one class (and more than ``larger_than`` rows): shards sorted by class."""
-    if not index.label_column:
-        return 0
-    starts = np.cumsum([0, *(rows for *_, rows in index.groups)])
-    return sum(
-        rows
-        for g, (_, _, _, rows) in enumerate(index.groups)
-        if rows > larger_than and len(np.unique(index.labels[starts[g] : starts[g + 1]])) == 1
-    )
+    sizes = np.array([rows for *_, rows in index.groups])
+    return int(sizes[index.single_class & (sizes > larger_than)].sum())
 
 
 def _warn_if_unmixable(url: str, index: ShardIndex) -> None:
@@ -420,7 +402,7 @@ def parquet_shards(
     storage: StorageConfig,
     size: int,
     counter=None,
-    selection: Selection = Selection(),
+    selection: Selection = EVERY_ROW,
 ) -> FileSource:
     """``selection``'s rows of the shards under ``url``."""
     index = shard_index(url, config, storage)
@@ -430,11 +412,9 @@ def parquet_shards(
     if selection.shuffle_seed is not None:
         _warn_if_unmixable(url, index)
     rows = [unit[-1] for unit in units]
-    if _rows_in_single_class_groups(index) > len(index.labels) / 2:
-        # Shards sorted by class: mixing comes first, ROWS_PER_TASK rows of many groups a task.
-        per_task = max(1, round(ROWS_PER_TASK / max(1.0, float(np.median(rows)))))
-    else:
-        per_task = units_per_task(rows, ROWS_PER_TASK)
+    # Shards sorted by class: mixing comes first, ROWS_PER_TASK rows of many groups a task.
+    sorted_by_class = _rows_in_single_class_groups(index) > len(index.labels) / 2
+    per_task = units_per_task(rows, ROWS_PER_TASK, spread_over_cpus=not sorted_by_class)
     read = functools.partial(
         _read_groups,
         filesystem=filesystem,
@@ -449,9 +429,8 @@ def parquet_shards(
     source = ShuffledUnits(units, rows, per_task, read, selection.shuffle_seed, "ReadImageShards")
     names = ()
     if selection.label_fraction is not None:
-        starts = np.cumsum([0, *(r for *_, r in index.groups)])
-        group_of = np.searchsorted(starts, chosen, side="right") - 1
         names = tuple(
-            f"{index.groups[g][0]} row {index.groups[g][2] + row - starts[g]}" for g, row in zip(group_of, chosen)
+            f"{index.groups[g][0]} row {index.groups[g][2] + row - index.starts[g]}"
+            for g, row in zip(index.group_of(chosen), chosen)
         )
     return FileSource(source.dataset(), int(sum(rows)), index.classes, index.labels[chosen], len(index.labels), names)

@@ -25,14 +25,16 @@ from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 
-def units_per_task(rows: Sequence[int], target_rows: int) -> int:
-    """Units per read task: about ``target_rows`` rows, but small data still cut into at least
-    two tasks per CPU of the cluster, so no core idles on a dataset of a few shards (the
-    reason the readers were written: benchmarks/README.md, "Data pipeline")."""
+def units_per_task(rows: Sequence[int], target_rows: int, spread_over_cpus: bool = True) -> int:
+    """Units per read task: about ``target_rows`` rows; with ``spread_over_cpus``, small data is
+    still cut into at least two tasks per CPU of the cluster, so no core idles on a dataset of
+    a few shards (the reason the readers were written: benchmarks/README.md, "Data pipeline")."""
     if not len(rows):
         return 1
-    cpus = int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else 1
-    wanted = min(target_rows, max(1, -(-int(sum(rows)) // (2 * cpus))))
+    wanted = target_rows
+    if spread_over_cpus:
+        cpus = int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else 1
+        wanted = min(target_rows, max(1, -(-int(sum(rows)) // (2 * cpus))))
     return max(1, round(wanted / max(1.0, float(np.median(rows)))))
 
 

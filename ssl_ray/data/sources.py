@@ -16,7 +16,7 @@ from ray.data.extensions import ArrowTensorArray
 from ssl_ray.config import PipelineConfig
 from ssl_ray.data import fashion_mnist, files
 from ssl_ray.data.errors import DataSourceError
-from ssl_ray.data.subsets import balanced_subset, stratified_sample
+from ssl_ray.data.subsets import Selection, stratified_sample
 from ssl_ray.data.views import ViewMaker
 
 ROWS_PER_BLOCK = 2048
@@ -79,9 +79,10 @@ def _fashion_mnist(config: PipelineConfig, stage: str) -> PretrainData:
     data, e, seed = config.data, config.eval, config.train.seed
     train = fashion_mnist.load_split(data.path, "train")
     test = fashion_mnist.load_split(data.path, "test")
-    kept = stratified_sample(train.labels, data.train_subset, seed)
-    if data.label_fraction is not None:
-        kept = kept[balanced_subset(train.labels[kept], data.label_fraction, data.label_seed)]
+    training = Selection(
+        size=data.train_subset, seed=seed, label_fraction=data.label_fraction, label_seed=data.label_seed
+    )
+    kept = training.rows(train.labels, data.path)
     bank = stratified_sample(train.labels, e.knn_bank_size, seed)
     query = stratified_sample(test.labels, e.knn_query_size, seed)
     pretrain = from_arrays(train.images[kept], train.labels[kept])
@@ -96,7 +97,7 @@ def _fashion_mnist(config: PipelineConfig, stage: str) -> PretrainData:
     )
 
 
-def _read(path: str, kind: str, config: PipelineConfig, selection: files.Selection, counter=None) -> files.FileSource:
+def _read(path: str, kind: str, config: PipelineConfig, selection: Selection, counter=None) -> files.FileSource:
     data, size = config.data, config.data.decode_size or config.augment.image_size
     if kind == "images":
         return files.image_files(path, config.storage, data.channels, size, counter, selection)
@@ -130,7 +131,7 @@ def in_training_classes(
 def _from_files(config: PipelineConfig, counter, stage: str) -> PretrainData:
     """Every location is listed here, on the driver, so a bad one fails before training."""
     data, e, seed = config.data, config.eval, config.train.seed
-    training = files.Selection(
+    training = Selection(
         size=data.train_subset,
         seed=seed,
         label_fraction=data.label_fraction,
@@ -141,12 +142,12 @@ def _from_files(config: PipelineConfig, counter, stage: str) -> PretrainData:
     bank = query = None
     num_classes = len(train.classes)
     if data.val_path is not None:
-        query = _read(data.val_path, data.val_source or data.source, config, files.Selection(e.knn_query_size, seed))
+        query = _read(data.val_path, data.val_source or data.source, config, Selection(e.knn_query_size, seed))
         query.dataset, classes = in_training_classes(query, train.classes)
         num_classes = len(classes)
         if num_classes:
             # The bank: labelled training images without views (its own read; never counted).
-            bank = _read(data.path, data.source, config, files.Selection(e.knn_bank_size, seed))
+            bank = _read(data.path, data.source, config, Selection(e.knn_bank_size, seed))
     return PretrainData(
         train=with_views(train.dataset.select_columns(["image", "label"]), config.augment, data.channels, stage),
         knn_bank=bank.dataset.select_columns(["image", "label"]) if bank else None,
@@ -211,8 +212,8 @@ def build_eval_data(
         )
     if data.val_path is None:
         raise DataSourceError("evaluation needs a labelled test set: set data.val_path")
-    train = _read(data.path, data.source, config, files.Selection(train_size, seed))
-    test = _read(data.val_path, data.val_source or data.source, config, files.Selection(test_size, seed))
+    train = _read(data.path, data.source, config, Selection(train_size, seed))
+    test = _read(data.val_path, data.val_source or data.source, config, Selection(test_size, seed))
     test.dataset, classes = in_training_classes(test, train.classes)
     if not classes:
         raise DataSourceError(

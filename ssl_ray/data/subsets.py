@@ -8,7 +8,11 @@ classes only, and every figure computed on it would be wrong.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+from ssl_ray.data.errors import DataSourceError
 
 
 def balanced_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -51,3 +55,27 @@ def stratified_sample(labels: np.ndarray, size: int | None, seed: int) -> np.nda
         if share
     ]
     return np.sort(np.concatenate(chosen))
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which of a source's rows a read takes, and in what order."""
+
+    size: int | None = None  # a class-stratified sample of this many rows (None: all)
+    seed: int = 0  # the sample's
+    label_fraction: float | None = None  # then a class-balanced share of those (few-label runs)
+    label_seed: int = 0
+    shuffle_seed: int | None = None  # each pass a fresh permutation from this seed; None: listing order
+
+    def rows(self, labels: np.ndarray, where: str) -> np.ndarray:
+        chosen = stratified_sample(labels, self.size, self.seed)
+        if self.label_fraction is not None:
+            if (labels[chosen] < 0).all():
+                raise DataSourceError(
+                    f"{where}: data.label_fraction needs labels (one sub-folder per class, or a label column)"
+                )
+            chosen = chosen[balanced_subset(labels[chosen], self.label_fraction, self.label_seed)]
+        return chosen
+
+
+EVERY_ROW = Selection()  # all rows, in listing order: what evaluation reads
