@@ -37,23 +37,25 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imports_of(path: Path) -> set[str]:
-    """Every module ``path`` imports, wherever the import statement is."""
-    name = module_name(path)
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+def imports_in(source: str, package: str) -> set[str]:
+    """Every module ``source`` (a module of ``package``) imports, wherever the statement is."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(
-                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
-                )
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)  # "from pkg import module"
     return found
+
+
+def imports_of(path: Path) -> set[str]:
+    name = module_name(path)
+    return imports_in(path.read_text(), name if path.name == "__init__.py" else name.rpartition(".")[0])
 
 
 def graph() -> dict[str, set[str]]:
@@ -116,23 +118,12 @@ def test_lower_layers_do_not_reach_up():
     assert offenders == []
 
 
-def test_the_scan_sees_lazy_and_type_checking_imports(tmp_path):
+def test_the_scan_sees_lazy_and_type_checking_imports():
     """The scan itself: an import inside a function and one under TYPE_CHECKING both count."""
-    source = tmp_path / "probe.py"
-    source.write_text(
+    source = (
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ssl_ray.config import X\n"
-        "def f():\n    import ssl_ray.train.loop\n"
+        "def f():\n    import ssl_ray.train.loop\n    from . import sibling\n"
     )
-    found = {t for t in imports_of_source(source) if t.startswith("ssl_ray")}
-    assert {"ssl_ray.config", "ssl_ray.train.loop"} <= found
+    found = imports_in(source, "ssl_ray.data")
+    assert {"ssl_ray.config", "ssl_ray.train.loop", "ssl_ray.data.sibling"} <= found
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [frozenset({"a", "b", "c"})]
-
-
-def imports_of_source(path: Path) -> set[str]:
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            found.add(node.module)
-    return found
