@@ -14,7 +14,7 @@ import time
 import kornia.augmentation as K
 import torch
 
-from ssl_ray.data.colour import RandomColourJitter
+from ssl_ray.views.colour import RandomColourJitter
 
 CASES = {"224 px RGB": (3, 256, 224), "28 px grayscale": (1, 28, 28)}  # channels, input side, view side
 

@@ -40,7 +40,7 @@ from ssl_ray.data.decode import decode_image
 from ssl_ray.data.files import image_files, parquet_shards
 from ssl_ray.data.prepare import PrepareOptions, prepare
 from ssl_ray.data.sources import with_views
-from ssl_ray.data.views import ViewMaker
+from ssl_ray.views.transforms import ViewMaker
 
 BATCH = 256
 DATASETS = {

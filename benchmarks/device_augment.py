@@ -28,8 +28,8 @@ import torch
 from train_throughput import MODELS, build, step_fn
 
 from ssl_ray.config import AugmentConfig
-from ssl_ray.data.views import DeviceViews, ViewMaker
 from ssl_ray.nn.losses import NTXentLoss
+from ssl_ray.views.transforms import DeviceViews, ViewMaker
 
 RECIPES = {
     # SimCLR's CIFAR-style recipe at 32 px (no blur); the ImageNet recipe at 224 px with

@@ -21,17 +21,18 @@ import torch
 
 from ssl_ray.config import load_config
 from ssl_ray.data.fashion_mnist import load_split
-from ssl_ray.data.views import view_transform
-from ssl_ray.methods import build_method
 from ssl_ray.methods.base import TrainingClock
 from ssl_ray.monitors.features import extract_features
 from ssl_ray.monitors.knn import knn_top1
 from ssl_ray.nn.precision import resolve_precision
 from ssl_ray.nn.schedules import warmup_cosine
+from ssl_ray.train.build import build_method
 from ssl_ray.train.guard import NonFiniteGuard
 from ssl_ray.train.optim import build_optimizer
 from ssl_ray.train.plan import TrainingPlan
 from ssl_ray.train.step import training_step
+from ssl_ray.views.recipe import Batch
+from ssl_ray.views.transforms import view_transform
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,8 +89,8 @@ def run(method_name: str, args, train, test, device) -> list[dict]:
             for group in optimizer.param_groups:
                 group["lr"] = plan.peak_lr if group.get("fixed_lr") else lr
             clock = TrainingClock(step, plan.total_steps, plan.steps_per_epoch)
-            batch_labels = labels[index] if method.uses_labels else None
-            out = training_step(method, optimizer, views, clock, labels=batch_labels, precision=precision, guard=guard)
+            batch = Batch(views, labels[index] if method.uses_labels else None)
+            out = training_step(method, optimizer, batch, clock, precision=precision, guard=guard)
             step += 1
             if out is None:
                 continue

@@ -7,16 +7,11 @@ import torch
 
 from ssl_ray.methods.base import SSLMethod, TrainingClock
 from ssl_ray.train.step import training_step
+from ssl_ray.views.recipe import Batch
 
 
 def take_step(
-    method: SSLMethod,
-    optimizer: torch.optim.Optimizer,
-    step: int,
-    total_steps: int,
-    steps_per_epoch: int = 1,
-    views: list[torch.Tensor] | None = None,
-    labels: torch.Tensor | None = None,
+    method: SSLMethod, optimizer: torch.optim.Optimizer, step: int, total_steps: int, batch: Batch, steps_per_epoch=1
 ) -> dict:
     """One optimiser step as ``train/loop.py`` takes it (fp32, no guard)."""
-    return training_step(method, optimizer, views, TrainingClock(step, total_steps, steps_per_epoch), labels=labels)
+    return training_step(method, optimizer, batch, TrainingClock(step, total_steps, steps_per_epoch))

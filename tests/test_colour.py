@@ -2,7 +2,7 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from ssl_ray.data.colour import LUMA, RandomColourJitter
+from ssl_ray.views.colour import LUMA, RandomColourJitter
 
 
 def jitter_with(monkeypatch, only: str, value: float) -> RandomColourJitter:

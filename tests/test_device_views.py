@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ssl_ray.config import AugmentConfig
-from ssl_ray.data.views import DeviceViews, ViewMaker
+from ssl_ray.views.transforms import DeviceViews, ViewMaker
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
 # BYOL's asymmetric recipe at full strength: every step of the recipe is exercised.

@@ -6,11 +6,13 @@ import pytest
 import torch
 
 from ssl_ray.config import config_from_dict, method_fields
-from ssl_ray.methods import METHODS, build_method
+from ssl_ray.methods import METHODS
 from ssl_ray.methods.base import TrainingClock
 from ssl_ray.nn.precision import autocast, resolve_precision
+from ssl_ray.train.build import build_method
 from ssl_ray.train.optim import build_optimizer
 from ssl_ray.train.step import training_step
+from ssl_ray.views.recipe import Batch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -31,10 +33,11 @@ def gpu_config(name, tmp_path, **method):
 
 
 def structured_views(generator, n=128):
-    """Two noisy views of the same random images, so there is something to learn."""
+    """Two noisy views of the same random images, so there is something to learn, with labels."""
     base = torch.rand(n, 3, 32, 32, generator=generator, device="cuda")
     views = [(base + 0.1 * torch.randn(base.shape, generator=generator, device="cuda")).clamp(0, 1) for _ in range(2)]
-    return [(255 * v).to(torch.uint8).contiguous(memory_format=torch.channels_last) for v in views]
+    labels = torch.arange(n, device="cuda") % 4
+    return Batch([(255 * v).to(torch.uint8).contiguous(memory_format=torch.channels_last) for v in views], labels)
 
 
 # A falling loss shows learning only against targets that hold still. DINO's teacher moves
@@ -57,15 +60,14 @@ def test_method_trains_in_bf16_on_the_gpu(name, tmp_path):
     method = build_method(config).to(device, memory_format=torch.channels_last)
     # The loop's optimiser (fused SGD on CUDA) and its frozen-first-epoch rule over an epoch
     # boundary at step 4: parameters whose gradients start late must not break the fused step.
-    optimizer = build_optimizer(method.config.optim, method, 0.05, fused=True)
+    optimizer = build_optimizer(config.optim, method, 0.05, fused=True)
     assert optimizer.defaults["fused"] is True
     generator = torch.Generator(device="cuda").manual_seed(0)
     batches = [structured_views(generator) for _ in range(4)]
     losses = []
     for step in range(24):
-        labels = torch.arange(128, device=device) % 4 if method.uses_labels else None
         clock = TrainingClock(step, 24, steps_per_epoch=4)
-        out = training_step(method, optimizer, batches[step % 4], clock, labels=labels, precision="bf16")
+        out = training_step(method, optimizer, batches[step % 4], clock, precision="bf16")
         assert out["loss"].dtype == torch.float32, "losses are computed in fp32 under autocast"
         losses.append(out["loss"].item())
     assert all(torch.isfinite(torch.tensor(losses))), losses
@@ -85,8 +87,9 @@ def test_swav_queue_fills_and_is_used_on_the_gpu(tmp_path):
         for step, batch in enumerate([batches[0], batches[1], batches[2], batches[0]]):
             method.clock = TrainingClock(step, 4, steps_per_epoch=4)
             with autocast("bf16", device):
-                losses.append(method(batch)["loss"].item())
-            method.after_step()
+                out = method(batch)
+            losses.append(out["loss"].item())
+            method.after_step(out)
     assert all(torch.isfinite(torch.tensor(losses))), losses
     assert int(method.queued) >= 256
     assert all(q.negatives().is_cuda and q.negatives().shape[0] == 256 for q in method.queues)
@@ -98,8 +101,8 @@ def test_swav_queue_fills_and_is_used_on_the_gpu(tmp_path):
 def test_the_loops_gpu_options_together(tmp_path):
     """What ``train.compile``, ``augment.on: device``, SyncBN conversion, the fused optimiser
     and the non-finite guard do in the worker loop, on CUDA without Ray (one process)."""
-    from ssl_ray.data.views import DeviceViews
     from ssl_ray.train.guard import NonFiniteGuard
+    from ssl_ray.views.transforms import DeviceViews
 
     device = torch.device("cuda")
     config = gpu_config("byol", tmp_path)
@@ -122,8 +125,8 @@ def test_the_loops_gpu_options_together(tmp_path):
     crops = [structured_views(generator) for _ in range(4)]
     losses = []
     for step in range(20):
-        batch = [v.contiguous(memory_format=torch.channels_last) for v in views(crops[step % 4])]
-        assert batch[0].dtype == torch.float32 and batch[0].is_cuda
+        batch = Batch([v.contiguous(memory_format=torch.channels_last) for v in views(crops[step % 4].views)])
+        assert batch.views[0].dtype == torch.float32 and batch.views[0].is_cuda
         out = training_step(method, optimizer, batch, TrainingClock(step, 20), precision="bf16", guard=guard)
         assert out is not None, "a finite step is taken"
         losses.append(out["loss"].item())

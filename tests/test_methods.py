@@ -10,12 +10,13 @@ from steps import take_step
 
 from ssl_ray.config import ConfigError, config_from_dict, method_fields
 from ssl_ray.data import fashion_mnist
-from ssl_ray.data.views import ViewMaker
-from ssl_ray.methods import METHODS, build_method, register_method
+from ssl_ray.methods import METHODS, register_method
 from ssl_ray.methods.base import TrainingClock
 from ssl_ray.monitors.collapse import effective_rank, normalized_std
 from ssl_ray.nn.schedules import cosine_momentum
+from ssl_ray.train.build import build_method
 from ssl_ray.train.optim import build_optimizer, param_groups
+from ssl_ray.views.recipe import MULTI_CROP, Batch
 
 # Small sizes for every method that has the field; the rest ignore them.
 SMALL = {
@@ -32,7 +33,7 @@ SMALL = {
 
 def small_config(name, tmp_path, **method):
     fields = method_fields(name)
-    multi_crop = METHODS[name].multi_crop  # two global and two local crops, to exercise both
+    multi_crop = METHODS[name].crops == MULTI_CROP  # two global and two local crops, to exercise both
     return config_from_dict(
         {
             "method": {"name": name, **{k: v for k, v in SMALL.items() if k in fields}, **method},
@@ -43,25 +44,34 @@ def small_config(name, tmp_path, **method):
     )
 
 
-def batch_of_views(seed=0, n=32, config=None):
+def batch_for(method, seed=0, n=32) -> Batch:
+    """A batch as the loop gives ``method``: its own recipe's views and parts, made from
+    structured random images, with labels (4 classes)."""
     generator = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=generator).numpy()
     images[:, 8:20, 6:22] = 230  # structure for the crops to find
-    augment = (config or small_config("simclr", ".")).augment
-    return ViewMaker(augment, channels=1, seed=seed).views(images)
+    return method.recipe.batch_of(images, channels=1, seed=seed, labels=torch.arange(n) % 4)
 
 
-def step_inputs(method, views) -> dict:
-    """What the loop passes a method: the views, and the labels if it trains on them."""
-    labels = torch.arange(views[0].shape[0]) % 4
-    return {"views": views, **({"labels": labels} if method.uses_labels else {})}
+def test_a_method_is_built_from_its_params_without_a_pipeline():
+    """No pipeline config, no data path: the typed params, an encoder, its width, a recipe."""
+    from ssl_ray.nn.backbones import build_backbone
+    from ssl_ray.sections import AugmentConfig
+
+    cls = METHODS["simclr"]
+    params = cls.Params(name="simclr", projection_hidden_dim=16, projection_dim=8)
+    encoder, width = build_backbone("resnet18", 1, width=8, blocks=(1, 1, 1, 1))
+    method = cls(params, encoder, width, cls.recipe(params, AugmentConfig()))
+    out = method(batch_for(method))
+    assert out["embedding"].shape == (32, 8) and torch.isfinite(out["loss"])
+    assert method.params.temperature == 0.1 and not hasattr(method, "config")
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_method_contract(name, tmp_path):
     torch.manual_seed(0)
     method = build_method(small_config(name, tmp_path))
-    out = method(**step_inputs(method, batch_of_views(config=method.config)))
+    out = method(batch_for(method))
     assert torch.isfinite(out["loss"])
     assert out["embedding"].ndim == 2 and out["embedding"].shape[0] == 32
     out["loss"].backward()
@@ -84,11 +94,11 @@ def test_method_loss_falls_over_a_few_steps(name, tmp_path):
     torch.manual_seed(0)
     method = build_method(small_config(name, tmp_path, **FIXED_TARGETS.get(name, {})))
     optimizer = torch.optim.SGD(method.parameters(), lr=0.05, momentum=0.9)
-    batches = [batch_of_views(seed=i, config=method.config) for i in range(4)]
+    batches = [batch_for(method, seed=i) for i in range(4)]
     losses = []
     for step in range(16):
         # Two steps per "epoch": anything frozen in the first epoch trains from step 2 on.
-        out = take_step(method, optimizer, step, 16, steps_per_epoch=2, **step_inputs(method, batches[step % 4]))
+        out = take_step(method, optimizer, step, 16, batches[step % 4], steps_per_epoch=2)
         losses.append(out["loss"].item())
     # From step 2 on, MoCo's queue (64 keys) holds real keys instead of its random start,
     # which makes the task harder; compare from there.
@@ -101,38 +111,47 @@ def test_registry_rejects_duplicates_and_lists_known(tmp_path):
     assert "simclr" in METHODS
 
 
-# Methods with a momentum target, and the momentum their target follows after step 3 of 10.
-TARGET_MOMENTUM = {
-    "byol": lambda m: cosine_momentum(3, 10, m),  # BYOL Sec. 3.2: 0.996 -> 1 along a cosine
-    "moco_v3": lambda m: cosine_momentum(3, 10, m),  # MoCo v3: 0.99 -> 1 along a cosine
-    "moco_v1": lambda m: m,  # MoCo v1/v2 Eq. 2: constant
-    "moco_v2": lambda m: m,
-    "dino": lambda m: cosine_momentum(3, 10, m),  # DINO Sec. 3.1: 0.996 -> 1 along a cosine
-}
-# Each method's online modules with an EMA copy.
-TARGETS = {"dino": {"backbone", "head"}}
-
-
-@pytest.mark.parametrize("name", sorted(TARGET_MOMENTUM))
-def test_target_gets_no_gradient_and_follows_the_ema(name, tmp_path):
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_declared_targets_get_no_gradient_and_follow_their_schedule(name, tmp_path):
+    """Any method that declares momentum targets, for free: each ``target_<name>`` starts as
+    a copy of its online module, gets no gradient, and after the shared step's update is
+    ``m * target + (1 - m) * online`` with m its declared schedule's value at that step."""
     torch.manual_seed(0)
     method = build_method(small_config(name, tmp_path))
-    names = TARGETS.get(name, {"backbone", "projector"})
-    assert set(method.target_of) == names
-    targets = [p for n in sorted(names) for p in getattr(method, f"target_{n}").parameters()]
-    online = [p for n in sorted(names) for p in getattr(method, n).parameters()]
-    for t, o in zip(targets, online):
+    declared = method.targets
+    copies = {n.removeprefix("target_") for n, _ in method.named_children() if n.startswith("target_")}
+    assert copies == set(declared.online if declared else ()), "every target copy is declared, and only those"
+    if declared is None:
+        return
+    targets = [p for n in declared.online for p in getattr(method, f"target_{n}").parameters()]
+    online = [p for n in declared.online for p in getattr(method, n).parameters()]
+    for t, o in zip(targets, online, strict=True):
         torch.testing.assert_close(t, o)  # the target starts as a copy
     optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.1)
-    method(batch_of_views(config=method.config))["loss"].backward()
+    method(batch_for(method))["loss"].backward()
     assert all(t.grad is None and not t.requires_grad for t in targets)
     optimizer.step()
     before = [t.clone() for t in targets]
     method.clock = TrainingClock(step=3, total_steps=10)
-    method.after_step()
-    m = TARGET_MOMENTUM[name](method.config.method.ema_momentum)
+    method.update_targets()
+    m = declared.start if declared.schedule == "constant" else cosine_momentum(3, 10, declared.start)
+    assert m == declared.momentum_at(3, 10)
     for old, new, o in zip(before, targets, online):
         torch.testing.assert_close(new, m * old + (1 - m) * o)
+
+
+def test_targets_follow_their_papers_schedules(tmp_path):
+    schedules = {name: build_method(small_config(name, tmp_path)).targets for name in METHODS}
+    declared = {name: (t.schedule, set(t.online)) for name, t in schedules.items() if t is not None}
+    papers = {
+        "byol": ("cosine", {"backbone", "projector"}),  # BYOL Sec. 3.2: 0.996 -> 1 along a cosine
+        "moco_v3": ("cosine", {"backbone", "projector"}),  # MoCo v3: 0.99 -> 1 along a cosine
+        "moco_v1": ("constant", {"backbone", "projector"}),  # MoCo v1/v2 Eq. 2: constant
+        "moco_v2": ("constant", {"backbone", "projector"}),
+        "dino": ("cosine", {"backbone", "head"}),  # DINO Sec. 3.1: 0.996 -> 1 along a cosine
+    }
+    assert {name: declared.get(name) for name in papers} == papers
+    assert not {"simclr", "simsiam", "swav", "barlow_twins", "vicreg"} & set(declared)
 
 
 def test_methods_take_their_papers_defaults(tmp_path):
@@ -151,15 +170,16 @@ def test_methods_take_their_papers_defaults(tmp_path):
 def test_moco_queue_takes_this_steps_keys_after_the_step(name, tmp_path):
     torch.manual_seed(0)
     method = build_method(small_config(name, tmp_path))
-    views = batch_of_views()
+    batch = batch_for(method)
+    views = batch.views
     start = method.queue.keys.clone()
-    out = method(views)
+    out = method(batch)
     # Eq. 1's negatives this step are the queue as it was: the batch's keys are not yet in it.
     torch.testing.assert_close(method.queue.keys, start)
     with torch.no_grad():
         keys = method.target_projector(method.target_backbone(views[1]))
     out["loss"].backward()
-    method.after_step()
+    method.after_step(out)
     assert int(method.queue.pointer) == 32
     torch.testing.assert_close(method.queue.keys[:32], keys)
     torch.testing.assert_close(method.queue.keys[32:], start[32:])
@@ -175,8 +195,9 @@ def test_moco_heads_v1_linear_v2_mlp(tmp_path):
 def test_moco_v3_loss_is_the_symmetrised_scaled_infonce(tmp_path):
     torch.manual_seed(0)
     method = build_method(small_config("moco_v3", tmp_path, temperature=0.5))
-    views = batch_of_views()
-    loss = method(views)["loss"]
+    batch = batch_for(method)
+    views = batch.views
+    loss = method(batch)["loss"]
     with torch.no_grad():
         q1, q2 = (F.normalize(method.predictor(method.projector(method.backbone(v))), dim=1) for v in views)
         k1, k2 = (F.normalize(method.target_projector(method.target_backbone(v)), dim=1) for v in views)
@@ -204,10 +225,10 @@ def simsiam_collapse_monitors(tmp_path, stop_gradient: bool, steps: int = 200):
     method = build_method(config)
     optimizer = torch.optim.SGD(method.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     images = fashion_mnist.load_split(config.data.path, "train").images[: steps * 64]
-    view_maker = ViewMaker(config.augment, channels=1)
     stds, ranks = [], []
     for step in range(steps):
-        out = take_step(method, optimizer, step, steps, views=view_maker.views(images[step * 64 : (step + 1) * 64]))
+        batch = method.recipe.batch_of(images[step * 64 : (step + 1) * 64], channels=1)
+        out = take_step(method, optimizer, step, steps, batch)
         if step >= steps - 20:
             stds.append(normalized_std(out["embedding"]))
             ranks.append(effective_rank(out["embedding"]))
@@ -235,7 +256,7 @@ def test_stop_gradient_switch_belongs_to_simsiam_only(tmp_path):
 def test_simsiam_stop_gradient_and_fixed_predictor_lr(tmp_path):
     torch.manual_seed(0)
     method = build_method(small_config("simsiam", tmp_path))
-    views = batch_of_views()
+    views = batch_for(method).views
     (z1, p1), (z2, _) = method.embed(views[0]), method.embed(views[1])
     z1.retain_grad()
     z2.retain_grad()
@@ -254,16 +275,17 @@ def test_frozen_in_the_first_epoch_then_trained(name, frozen, tmp_path):
     clock is in the first epoch, and train after it; in the loop's optimiser they have groups of
     their own (a fused optimiser needs a group's parameters to start together)."""
     torch.manual_seed(0)
-    method = build_method(small_config(name, tmp_path))
+    config = small_config(name, tmp_path)
+    method = build_method(config)
     assert method.frozen_in_first_epoch == (frozen,)
-    optimizer = build_optimizer(method.config.optim, method, 0.1)
+    optimizer = build_optimizer(config.optim, method, 0.1)
     late = {id(p) for p in method.get_submodule(frozen).parameters() if p.requires_grad}
     assert any({id(p) for p in group["params"]} == late for group in optimizer.param_groups)
-    batch = batch_of_views(config=method.config)
+    batch = batch_for(method)
     frozen_before = [p.detach().clone() for p in method.get_submodule(frozen).parameters()]
     rest_before = [p.detach().clone() for n, p in method.named_parameters() if n.startswith("backbone.")]
     for step in range(2):  # the first epoch: two steps
-        take_step(method, optimizer, step, 4, steps_per_epoch=2, views=batch)
+        take_step(method, optimizer, step, 4, batch, steps_per_epoch=2)
     after_first = list(method.get_submodule(frozen).parameters())
     if name == "swav":  # only re-normalised onto the unit sphere after each step
         torch.testing.assert_close(after_first[0], F.normalize(frozen_before[0], dim=1))
@@ -274,7 +296,7 @@ def test_frozen_in_the_first_epoch_then_trained(name, frozen, tmp_path):
         not torch.equal(old, new)
         for old, new in zip(rest_before, (p for n, p in method.named_parameters() if n.startswith("backbone.")))
     )
-    take_step(method, optimizer, 2, 4, steps_per_epoch=2, views=batch)
+    take_step(method, optimizer, 2, 4, batch, steps_per_epoch=2)
     assert any(
         not torch.allclose(old, new) for old, new in zip(frozen_before, method.get_submodule(frozen).parameters())
     )
@@ -287,19 +309,20 @@ def test_dino_teacher_temperature_centre_and_weight_norm(tmp_path):
     from ssl_ray.nn.schedules import linear_warmup_then_constant
 
     torch.manual_seed(0)
-    method = build_method(small_config("dino", tmp_path, teacher_temperature_warmup_epochs=2.0))
-    m = method.config.method
+    config = small_config("dino", tmp_path, teacher_temperature_warmup_epochs=2.0)
+    method = build_method(config)
+    m = config.method
     for step, expected in [(0, 0.04), (2, 0.055), (4, 0.07), (9, 0.07)]:
         method.clock = TrainingClock(step, 10, steps_per_epoch=2)
         assert method.teacher_temperature() == pytest.approx(expected)
         assert expected == pytest.approx(
             linear_warmup_then_constant(step, 4, m.teacher_temperature, m.teacher_temperature_final)
         )
-    views = batch_of_views(config=method.config)
-    optimizer = build_optimizer(method.config.optim, method, 0.05)
+    batch = batch_for(method)
+    optimizer = build_optimizer(config.optim, method, 0.05)
     with torch.no_grad():  # both global crops in one batch, as the method runs them
-        teacher = method.target_head(method.target_backbone(torch.cat(views[:2])))
-    take_step(method, optimizer, 0, 10, steps_per_epoch=2, views=views)
+        teacher = method.target_head(method.target_backbone(torch.cat(batch.views[:2])))
+    take_step(method, optimizer, 0, 10, batch, steps_per_epoch=2)
     expected_centre = (1 - m.center_momentum) * teacher.mean(dim=0)  # from a zero centre
     torch.testing.assert_close(method.center, expected_centre, rtol=1e-4, atol=1e-6)
     assert "center" in method.state_dict()
@@ -309,17 +332,18 @@ def test_dino_teacher_temperature_centre_and_weight_norm(tmp_path):
 
 def test_swav_spreads_codes_over_the_queue_once_it_is_full(tmp_path):
     torch.manual_seed(0)
-    method = build_method(small_config("swav", tmp_path, queue_size=64))
-    stored, views = (batch_of_views(seed=s, config=method.config) for s in (1, 2))
-    optimizer = build_optimizer(method.config.optim, method, 0.0)  # lr 0: the weights stay put
+    config = small_config("swav", tmp_path, queue_size=64)
+    method = build_method(config)
+    stored, batch = (batch_for(method, seed=s) for s in (1, 2))
+    optimizer = build_optimizer(config.optim, method, 0.0)  # lr 0: the weights stay put
     for step in range(2):  # 32 images a step: full after two
-        take_step(method, optimizer, step, 10, views=stored)
+        take_step(method, optimizer, step, 10, stored)
     assert int(method.queued) == 64
     queue = method.queues[0].negatives()
     torch.testing.assert_close(queue[:32], queue[32:])  # the same batch twice
-    with_queue = method(views)["loss"]
+    with_queue = method(batch)["loss"]
     method.queued.zero_()  # as if not yet full: the batch alone
-    without = method(views)["loss"]
+    without = method(batch)["loss"]
     assert not torch.isclose(with_queue, without)
 
 
@@ -338,14 +362,12 @@ def short_run_monitors(name: str, data_dir, steps: int = 60, batch: int = 64) ->
     method = build_method(config)
     optimizer = build_optimizer(config.optim, method, config.optim.base_lr * batch / 256)
     split = fashion_mnist.load_split(config.data.path, "train")
-    view_maker = ViewMaker(config.augment, channels=1)
     stds, ranks = [], []
     for step in range(steps):
         rows = slice(step * batch, (step + 1) * batch)
-        inputs = {"views": view_maker.views(split.images[rows])}
-        if method.uses_labels:
-            inputs["labels"] = torch.from_numpy(split.labels[rows]).long()
-        out = take_step(method, optimizer, step, steps, steps_per_epoch=steps // 4, **inputs)
+        labels = torch.from_numpy(split.labels[rows]).long()
+        images = method.recipe.batch_of(split.images[rows], channels=1, labels=labels)
+        out = take_step(method, optimizer, step, steps, images, steps_per_epoch=steps // 4)
         if step >= steps - 10:
             stds.append(normalized_std(out["embedding"]))
             ranks.append(effective_rank(out["embedding"]))
@@ -368,14 +390,15 @@ def test_supervised_classifier_does_not_depend_on_the_feature_scale(tmp_path):
     Barlow Twins' batch-normalised loss): the same encoder with its features x50 gives the
     same loss and the same gradients on the classifier."""
     config = small_config("supervised", tmp_path)
-    views = batch_of_views(config=config)
+    batch = None
     losses, grads = [], []
     for scale in (1.0, 50.0):
         torch.manual_seed(0)
         method = build_method(config)
+        batch = batch or batch_for(method)
         if scale != 1.0:
             method.backbone = torch.nn.Sequential(method.backbone, ScaledBy(scale))
-        loss = method(**step_inputs(method, views))["loss"]
+        loss = method(batch)["loss"]
         loss.backward()
         losses.append(loss.item())
         grads.append(method.classifier.weight.grad.clone())

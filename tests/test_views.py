@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from ssl_ray.config import AugmentConfig
-from ssl_ray.data.views import ViewMaker
+from ssl_ray.views.transforms import ViewMaker
 
 
 def images(n=16, size=28, seed=0):

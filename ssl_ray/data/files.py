@@ -42,12 +42,12 @@ import pyarrow.parquet as pq
 import ray
 import ray.data
 
-from ssl_ray.config import DataConfig, StorageConfig
 from ssl_ray.data.decode import PROBE_BYTES, UNREADABLE, decode_column, probe_image
 from ssl_ray.data.errors import DataSourceError, warn
 from ssl_ray.data.objectstore import StoredFile, describe_failure, filesystem_for, list_files
 from ssl_ray.data.order import ShuffledUnits, units_per_task
 from ssl_ray.data.subsets import EVERY_ROW, Selection
+from ssl_ray.sections import DataConfig, StorageConfig
 
 FILES_PER_TASK = 64
 FETCH_THREADS = 16

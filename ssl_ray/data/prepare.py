@@ -22,7 +22,6 @@ import ray
 import ray.data
 from PIL import Image
 
-from ssl_ray.config import StorageConfig
 from ssl_ray.console import start_ray
 from ssl_ray.data import fashion_mnist
 from ssl_ray.data.errors import DataSourceError
@@ -38,6 +37,7 @@ from ssl_ray.data.files import (
 )
 from ssl_ray.data.objectstore import describe_failure, filesystem_for
 from ssl_ray.data.skips import SkipCounter
+from ssl_ray.sections import StorageConfig
 
 # Decoding at a small size still reads the whole stream (truncation shows) at a fraction of
 # the cost of a full-size decode.

@@ -17,7 +17,7 @@ from ssl_ray.config import PipelineConfig
 from ssl_ray.data import fashion_mnist, files
 from ssl_ray.data.errors import DataSourceError
 from ssl_ray.data.subsets import Selection, stratified_sample
-from ssl_ray.data.views import ViewMaker
+from ssl_ray.views.recipe import BatchRecipe
 
 ROWS_PER_BLOCK = 2048
 
@@ -37,20 +37,22 @@ def from_arrays(images: np.ndarray, labels: np.ndarray) -> ray.data.Dataset:
     return ray.data.from_arrow(tables)
 
 
-def make_views(batch: dict[str, np.ndarray], augment, channels: int, stage: str = "all") -> dict[str, np.ndarray]:
+def make_views(
+    batch: dict[str, np.ndarray], recipe: BatchRecipe, channels: int, stage: str = "all"
+) -> dict[str, np.ndarray]:
     """Views of a whole block, rows in a fresh random order. With the block order also
     randomised each epoch, every training batch is a new random draw of images (not the same
     256 neighbours in a new order) at no extra cost; a global shuffle would move all the data.
-    A fresh ViewMaker per block costs about a millisecond and keeps this a plain task, which
+    A fresh view maker per block costs about a millisecond and keeps this a plain task, which
     Ray Data can schedule on whatever CPU is free."""
     order = np.random.permutation(len(batch["image"]))
-    maker = ViewMaker(augment, channels, stage=stage)
+    maker = recipe.view_maker(channels, stage=stage)
     return maker({key: value[order] for key, value in batch.items()})
 
 
 @dataclass
 class PretrainData:
-    train: ray.data.Dataset  # view0, view1, ... (uint8 (C, S, S), S the view's size), label
+    train: ray.data.Dataset  # the batch recipe's columns: view0, view1, ... (uint8 (C, S, S)), parts, label
     knn_bank: ray.data.Dataset | None  # image, label: labelled training images (None: no kNN)
     knn_query: ray.data.Dataset | None  # image, label: held-out images
     train_size: int  # images an epoch will see: counted after the listing's check, not listed
@@ -62,14 +64,15 @@ class PretrainData:
     listing_skips: dict[str, int] = field(default_factory=dict)
 
 
-def with_views(images: ray.data.Dataset, augment, channels: int, stage: str = "all") -> ray.data.Dataset:
-    """Views block by block (``batch_size=None``); ``stage="crop"``: crops only, the colour
+def with_views(images: ray.data.Dataset, recipe: BatchRecipe, channels: int, stage: str = "all") -> ray.data.Dataset:
+    """The method's batch recipe (its views and parts) block by block (``batch_size=None``);
+    ``stage="crop"``: crops and flips only, the colour
     part of the recipe runs on the training device (``views.DeviceViews``). A row count here would also bundle the
     blocks of the read this step fuses with, and a read's blocks are shard paths: 2,048 rows
     would put 2,048 shards in one task and leave every other CPU idle (benchmarks/README.md)."""
     return images.map_batches(
         make_views,
-        fn_kwargs={"augment": augment, "channels": channels, "stage": stage},
+        fn_kwargs={"recipe": recipe, "channels": channels, "stage": stage},
         batch_size=None,
         batch_format="numpy",
     )
@@ -87,7 +90,7 @@ def _fashion_mnist(config: PipelineConfig, stage: str) -> PretrainData:
     query = stratified_sample(test.labels, e.knn_query_size, seed)
     pretrain = from_arrays(train.images[kept], train.labels[kept])
     return PretrainData(
-        train=with_views(pretrain.randomize_block_order(), config.augment, data.channels, stage),
+        train=with_views(pretrain.randomize_block_order(), config.batch_recipe, data.channels, stage),
         knn_bank=from_arrays(train.images[bank], train.labels[bank]),
         knn_query=from_arrays(test.images[query], test.labels[query]),
         train_size=len(kept),
@@ -149,7 +152,7 @@ def _from_files(config: PipelineConfig, counter, stage: str) -> PretrainData:
             # The bank: labelled training images without views (its own read; never counted).
             bank = _read(data.path, data.source, config, Selection(e.knn_bank_size, seed))
     return PretrainData(
-        train=with_views(train.dataset.select_columns(["image", "label"]), config.augment, data.channels, stage),
+        train=with_views(train.dataset.select_columns(["image", "label"]), config.batch_recipe, data.channels, stage),
         knn_bank=bank.dataset.select_columns(["image", "label"]) if bank else None,
         knn_query=query.dataset.select_columns(["image", "label"]) if query else None,
         train_size=train.size,

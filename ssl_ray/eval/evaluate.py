@@ -22,7 +22,6 @@ import torch
 from ssl_ray.console import start_ray
 from ssl_ray.data.errors import warn
 from ssl_ray.data.sources import EvalData, build_eval_data
-from ssl_ray.data.views import ViewMaker
 from ssl_ray.eval import diagnostics
 from ssl_ray.eval.encoders import TrainedEncoder
 from ssl_ray.eval.finetune import finetune, label_tag
@@ -33,6 +32,7 @@ from ssl_ray.monitors.collapse import effective_rank
 from ssl_ray.monitors.features import as_nchw
 from ssl_ray.monitors.knn import k_for_bank, knn_top1
 from ssl_ray.tracking.mlflow_run import RunTracker
+from ssl_ray.views.transforms import ViewMaker
 
 KNN_KS = (10, 20, 200)
 FROZEN_PROTOCOLS = ("knn", "linear")

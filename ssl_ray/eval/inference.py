@@ -15,10 +15,10 @@ import ray.data
 import torch
 from torch import nn
 
-from ssl_ray.config import ModelConfig
 from ssl_ray.monitors.features import as_nchw, pixels_as_features
 from ssl_ray.nn.backbones import build_encoder
 from ssl_ray.nn.precision import autocast, resolve_precision
+from ssl_ray.sections import ModelConfig
 
 
 @dataclass(frozen=True)

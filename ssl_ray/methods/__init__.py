@@ -1,19 +1,16 @@
-"""Method registry: one name -> one class. Each method lives in its own module."""
+"""Method registry: one name -> one class. Each method lives in its own module of this
+package and registers itself on import; every module here that is not shared machinery is
+imported, so a new method is its file and nothing else."""
 
-from ssl_ray.methods import (  # noqa: F401  (each registers itself)
-    barlow_twins,
-    byol,
-    dcl,
-    dino,
-    moco,
-    moco_v3,
-    simclr,
-    simsiam,
-    supcon,
-    supervised,
-    swav,
-    vicreg,
-)
-from ssl_ray.methods.registry import METHODS, build_method, register_method
+import importlib
+import pkgutil
 
-__all__ = ["METHODS", "build_method", "register_method"]
+from ssl_ray.methods.registry import METHODS, method_class, register_method
+
+_SHARED = {"base", "params", "registry"}
+
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    if _module not in _SHARED:
+        importlib.import_module(f"{__name__}.{_module}")
+
+__all__ = ["METHODS", "method_class", "register_method"]

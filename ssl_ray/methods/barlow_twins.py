@@ -16,6 +16,7 @@ from ssl_ray.methods.params import Projector
 from ssl_ray.methods.registry import register_method
 from ssl_ray.nn.decorrelation import BarlowTwinsLoss
 from ssl_ray.nn.heads import mlp
+from ssl_ray.views.recipe import Batch
 
 
 @register_method("barlow_twins")
@@ -25,14 +26,14 @@ class BarlowTwins(SSLMethod):
         projection_dim: int = Field(default=8192, gt=0)
         lambda_offdiag: float = Field(default=5e-3, gt=0.0)
 
-    def __init__(self, config) -> None:
-        super().__init__(config)
-        m = config.method
+    def __init__(self, params, encoder, feature_dim, recipe) -> None:
+        super().__init__(params, encoder, feature_dim, recipe)
+        m = params
         self.projector = mlp([self.feature_dim, m.projection_hidden_dim, m.projection_hidden_dim, m.projection_dim])
         self.criterion = BarlowTwinsLoss(m.lambda_offdiag)
 
-    def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         # One pass over both views, as the reference code's shared backbone call per view is
         # equivalent up to BN statistics; here BN sees both views' 2N images.
-        z1, z2 = self.projector(self.backbone(torch.cat(views))).chunk(2)
+        z1, z2 = self.projector(self.backbone(torch.cat(batch.views))).chunk(2)
         return {"loss": self.criterion(z1, z2), "embedding": z1.detach()}

@@ -1,20 +1,19 @@
-"""What every SSL method is: an encoder, its heads, and a loss over a batch of views."""
+"""What every SSL method is: an encoder, its heads, and a loss over a batch its recipe declares."""
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
 from ssl_ray.methods.params import MethodParams
-from ssl_ray.nn.backbones import build_encoder
-from ssl_ray.nn.momentum import deactivate_requires_grad, update_momentum
-
-if TYPE_CHECKING:
-    from ssl_ray.config import PipelineConfig
+from ssl_ray.nn.momentum import MomentumTargets, deactivate_requires_grad, update_momentum
+from ssl_ray.sections import AugmentConfig
+from ssl_ray.views.parts import RecipePart
+from ssl_ray.views.recipe import TWO_VIEWS, Batch, BatchRecipe, Crops
 
 
 @dataclass(frozen=True)
@@ -33,55 +32,69 @@ class TrainingClock:
 
 
 class SSLMethod(nn.Module):
-    """Subclasses add their heads and implement ``forward(views) -> {"loss": ..., "embedding": ...}``:
-    the loss to minimise and one view's embeddings (N, D) for the collapse monitors.
+    """Subclasses add their heads and implement ``forward(batch) -> {"loss": ..., "embedding": ...}``:
+    the loss to minimise and one view's embeddings (N, D) for the collapse monitors, plus
+    whatever ``after_step`` needs of this step (MoCo's new keys), which the step hands it.
 
-    ``views`` is a list of image batches, one per view, each (N, C, H, W) float: the global
-    crops first, then any local crops (smaller). The encoder (``self.backbone``) is what is
-    kept, evaluated and exported after pretraining.
+    A method is built from what it needs and nothing more: its own ``Params`` (``method.*``),
+    the encoder the shared factory made (``self.backbone``: what is kept, evaluated and exported
+    after pretraining) with its feature size, and its batch recipe. It never sees the pipeline
+    config, so it can be built and tested without one.
     """
 
     name: str = ""
     # The method's hyperparameters (``method.*``) with its paper's defaults.
     Params: ClassVar[type[MethodParams]] = MethodParams
-    # Whether it takes more than two views: several global crops and smaller local ones
-    # (``augment.global_crops``, ``augment.local_crops``). Two-view methods take exactly two.
-    multi_crop: ClassVar[bool] = False
+    # The views it takes: two (TWO_VIEWS) or multi-crop's global and local crops (MULTI_CROP).
+    crops: ClassVar[Crops] = TWO_VIEWS
     # Submodules whose gradients are dropped during the first epoch (SwAV's prototypes, DINO's
     # last layer): their optimiser step is skipped while the rest of the network settles.
     frozen_in_first_epoch: ClassVar[tuple[str, ...]] = ()
     # Submodules trained at the peak learning rate throughout (SimSiam's predictor).
     fixed_lr_modules: tuple[str, ...] = ()
-    # Online submodules that have an EMA copy ``target_<name>`` (set by ``add_targets``).
-    target_of: tuple[str, ...] = ()
     # Whether BatchNorm should see the global batch on several GPU workers (SyncBN, as the
     # papers train); False where the method has its own answer (MoCo v1/v2's shuffled BN).
     sync_batchnorm: ClassVar[bool] = True
-    # Whether ``forward`` takes the batch's labels (``forward(views, labels)``): supervised
-    # training and fine-tuning; the data source must then have labels.
+    # Whether the batch carries the labels (``batch.labels``): supervised training and
+    # fine-tuning; the data source must then have labels.
     uses_labels: ClassVar[bool] = False
     # Whether it has a classifier, ``logits(images)``: the loop then reports its test top-1.
     classifies: ClassVar[bool] = False
 
-    def __init__(self, config: PipelineConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.clock = TrainingClock()
-        self.backbone, self.feature_dim = build_encoder(config.model, config.data.channels, config.augment.image_size)
+    @classmethod
+    def recipe_parts(cls, params: MethodParams) -> tuple[RecipePart, ...]:
+        """What its batch carries beyond the views (``views.parts``); nothing by default."""
+        return ()
 
-    def add_targets(self, *names: str) -> None:
+    @classmethod
+    def recipe(cls, params: MethodParams, augment: AugmentConfig) -> BatchRecipe:
+        return BatchRecipe(augment, cls.crops, cls.recipe_parts(params))
+
+    def __init__(self, params: MethodParams, encoder: nn.Module, feature_dim: int, recipe: BatchRecipe) -> None:
+        super().__init__()
+        self.params = params
+        self.recipe = recipe
+        self.clock = TrainingClock()
+        self.backbone, self.feature_dim = encoder, feature_dim
+        self.targets: MomentumTargets | None = None
+
+    def add_targets(self, *names: str, momentum: float, schedule: Literal["constant", "cosine"]) -> None:
         """Momentum targets of the named online submodules, starting as exact copies: MoCo's
-        key encoder, BYOL's target network. They change only through ``update_targets``."""
+        key encoder, BYOL's target network, DINO's teacher. The training step moves them after
+        every optimiser step along their schedule (``update_targets``), nothing else does."""
         for name in names:
             setattr(self, f"target_{name}", deactivate_requires_grad(copy.deepcopy(getattr(self, name))))
-        self.target_of = names
+        self.targets = MomentumTargets(names, momentum, schedule)
 
     @torch.no_grad()
-    def update_targets(self, momentum: float) -> None:
-        for name in self.target_of:
+    def update_targets(self) -> None:
+        if self.targets is None:
+            return
+        momentum = self.targets.momentum_at(self.clock.step, self.clock.total_steps)
+        for name in self.targets.online:
             update_momentum(getattr(self, name), getattr(self, f"target_{name}"), momentum)
 
-    def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def drop_frozen_gradients(self) -> None:
@@ -94,6 +107,6 @@ class SSLMethod(nn.Module):
                 parameter.grad = None
 
     @torch.no_grad()
-    def after_step(self) -> None:
-        """Hook after each optimiser step (EMA targets, queues, centres); ``self.clock`` says
-        which step it was. Nothing by default."""
+    def after_step(self, outputs: dict[str, Any]) -> None:
+        """Hook after each optimiser step and the targets' update, given this step's forward
+        outputs (queues, centres); ``self.clock`` says which step it was. Nothing by default."""

@@ -12,7 +12,7 @@ from ssl_ray.methods.params import MomentumTarget, Predictor, Projector
 from ssl_ray.methods.registry import register_method
 from ssl_ray.nn.heads import mlp
 from ssl_ray.nn.losses import NegativeCosineLoss
-from ssl_ray.nn.schedules import cosine_momentum
+from ssl_ray.views.recipe import Batch
 
 
 @register_method("byol")
@@ -23,17 +23,17 @@ class BYOL(SSLMethod):
         predictor_hidden_dim: int = Field(default=4096, gt=0)
         ema_momentum: float = Field(default=0.996, ge=0.0, le=1.0)
 
-    def __init__(self, config) -> None:
-        super().__init__(config)
-        m = config.method
+    def __init__(self, params, encoder, feature_dim, recipe) -> None:
+        super().__init__(params, encoder, feature_dim, recipe)
+        m = params
         self.projector = mlp([self.feature_dim, m.projection_hidden_dim, m.projection_dim])
         self.predictor = mlp([m.projection_dim, m.predictor_hidden_dim, m.projection_dim])
-        self.add_targets("backbone", "projector")
+        self.add_targets("backbone", "projector", momentum=m.ema_momentum, schedule="cosine")  # Sec. 3.2
         self.criterion = NegativeCosineLoss()
 
-    def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        n = views[0].shape[0]
-        both = torch.cat(views)
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        n = batch.size
+        both = torch.cat(batch.views)
         z = self.projector(self.backbone(both))
         p = self.predictor(z)
         with torch.no_grad():
@@ -41,7 +41,3 @@ class BYOL(SSLMethod):
         # Eq. 2, symmetrised (Sec. 3.1): 2 - 2 cos(p, z') = 2 + 2 D(p, z') for each view order.
         loss = (2 + 2 * self.criterion(p[:n], target[n:])) + (2 + 2 * self.criterion(p[n:], target[:n]))
         return {"loss": loss, "embedding": z[:n].detach()}
-
-    @torch.no_grad()
-    def after_step(self) -> None:
-        self.update_targets(cosine_momentum(self.clock.step, self.clock.total_steps, self.config.method.ema_momentum))

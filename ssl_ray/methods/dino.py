@@ -19,12 +19,13 @@ from ssl_ray.methods.registry import register_method
 from ssl_ray.nn.distillation import DINOLoss, updated_center
 from ssl_ray.nn.heads import DINOHead
 from ssl_ray.nn.multicrop import forward_by_size
-from ssl_ray.nn.schedules import cosine_momentum, linear_warmup_then_constant
+from ssl_ray.nn.schedules import linear_warmup_then_constant
+from ssl_ray.views.recipe import MULTI_CROP, Batch
 
 
 @register_method("dino")
 class DINO(SSLMethod):
-    multi_crop = True
+    crops = MULTI_CROP
     frozen_in_first_epoch = ("head.last_layer",)
 
     class Params(MomentumTarget):
@@ -40,36 +41,31 @@ class DINO(SSLMethod):
         teacher_temperature_warmup_epochs: float = Field(default=30.0, ge=0.0)
         center_momentum: float = Field(default=0.9, ge=0.0, le=1.0)
 
-    def __init__(self, config) -> None:
-        super().__init__(config)
-        m = config.method
+    def __init__(self, params, encoder, feature_dim, recipe) -> None:
+        super().__init__(params, encoder, feature_dim, recipe)
+        m = params
         self.head = DINOHead(self.feature_dim, m.out_dim, m.hidden_dim, m.bottleneck_dim, m.head_bn, m.norm_last_layer)
-        self.add_targets("backbone", "head")  # the teacher
+        self.add_targets("backbone", "head", momentum=m.ema_momentum, schedule="cosine")  # the teacher
         self.register_buffer("center", torch.zeros(m.out_dim))
         self.criterion = DINOLoss(m.student_temperature)
-        self.global_crops = config.augment.global_crops
-        self._teacher_logits: list[torch.Tensor] = []
+        self.global_crops = recipe.global_crops
 
     def teacher_temperature(self) -> float:
-        m, clock = self.config.method, self.clock
+        m, clock = self.params, self.clock
         warmup = round(m.teacher_temperature_warmup_epochs * clock.steps_per_epoch)
         return linear_warmup_then_constant(clock.step, warmup, m.teacher_temperature, m.teacher_temperature_final)
 
-    def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        views = batch.views
         features = forward_by_size(self.backbone, views)
         student = [self.head(f) for f in features]
         with torch.no_grad():
             teacher = [self.target_head(f) for f in forward_by_size(self.target_backbone, views[: self.global_crops])]
         loss = self.criterion(student, teacher, self.center, self.teacher_temperature())
-        self._teacher_logits = teacher
         # The monitors watch the encoder's features: the head's K-wide output is too wide for
         # an effective rank, and its collapse is what the centre and sharpening prevent.
-        return {"loss": loss, "embedding": features[0].detach()}
+        return {"loss": loss, "embedding": features[0].detach(), "teacher_logits": teacher}
 
     @torch.no_grad()
-    def after_step(self) -> None:
-        m = self.config.method
-        self.update_targets(cosine_momentum(self.clock.step, self.clock.total_steps, m.ema_momentum))
-        if self._teacher_logits:
-            self.center.copy_(updated_center(self.center, self._teacher_logits, m.center_momentum))
-        self._teacher_logits = []
+    def after_step(self, outputs) -> None:
+        self.center.copy_(updated_center(self.center, outputs["teacher_logits"], self.params.center_momentum))

@@ -20,6 +20,7 @@ from ssl_ray.nn.distributed import shuffle_across_workers, unshuffle_across_work
 from ssl_ray.nn.heads import mlp
 from ssl_ray.nn.losses import InfoNCELoss
 from ssl_ray.nn.queue import KeyQueue
+from ssl_ray.views.recipe import Batch
 
 
 class _MoCoWithQueue(SSLMethod):
@@ -31,35 +32,30 @@ class _MoCoWithQueue(SSLMethod):
 
     sync_batchnorm = False  # shuffling BN (Sec. 3.3) is how MoCo keeps batch statistics honest
 
-    def __init__(self, config) -> None:
-        super().__init__(config)
-        m = config.method
+    def __init__(self, params, encoder, feature_dim, recipe) -> None:
+        super().__init__(params, encoder, feature_dim, recipe)
+        m = params
         self.projector = self.head(self.feature_dim, m.projection_hidden_dim, m.projection_dim)
-        self.add_targets("backbone", "projector")  # the key encoder
+        self.add_targets("backbone", "projector", momentum=m.ema_momentum, schedule="constant")  # Eq. 2, m constant
         self.queue = KeyQueue(m.projection_dim, m.queue_size)
         self.criterion = InfoNCELoss(m.temperature)
-        self._new_keys: torch.Tensor | None = None
 
     @staticmethod
     def head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Module:
         raise NotImplementedError
 
-    def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        queries = self.projector(self.backbone(views[0]))
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        queries = self.projector(self.backbone(batch.views[0]))
         with torch.no_grad():
-            shuffled, restore = shuffle_across_workers(views[1])
+            shuffled, restore = shuffle_across_workers(batch.views[1])
             keys = unshuffle_across_workers(self.target_projector(self.target_backbone(shuffled)), restore)
         # Eq. 1 with the queue as the K negatives; this batch's keys join it after the step.
         loss = self.criterion(queries, keys, self.queue.negatives())
-        self._new_keys = keys
-        return {"loss": loss, "embedding": queries.detach()}
+        return {"loss": loss, "embedding": queries.detach(), "keys": keys}
 
     @torch.no_grad()
-    def after_step(self) -> None:
-        self.update_targets(self.config.method.ema_momentum)  # Eq. 2, m constant
-        if self._new_keys is not None:
-            self.queue.enqueue(self._new_keys)  # gathered from every worker inside
-            self._new_keys = None
+    def after_step(self, outputs) -> None:
+        self.queue.enqueue(outputs["keys"])  # gathered from every worker inside
 
 
 @register_method("moco_v1")

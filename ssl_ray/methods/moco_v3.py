@@ -14,7 +14,7 @@ from ssl_ray.methods.params import MomentumTarget, Predictor, Projector, Tempera
 from ssl_ray.methods.registry import register_method
 from ssl_ray.nn.heads import mlp
 from ssl_ray.nn.losses import InfoNCELoss
-from ssl_ray.nn.schedules import cosine_momentum
+from ssl_ray.views.recipe import Batch
 
 
 @register_method("moco_v3")
@@ -25,24 +25,20 @@ class MoCoV3(SSLMethod):
         projection_dim: int = Field(default=256, gt=0)
         predictor_hidden_dim: int = Field(default=4096, gt=0)
 
-    def __init__(self, config) -> None:
-        super().__init__(config)
-        m = config.method
+    def __init__(self, params, encoder, feature_dim, recipe) -> None:
+        super().__init__(params, encoder, feature_dim, recipe)
+        m = params
         self.projector = mlp([self.feature_dim, m.projection_hidden_dim, m.projection_dim], last_bn=True)
         self.predictor = mlp([m.projection_dim, m.predictor_hidden_dim, m.projection_dim])
-        self.add_targets("backbone", "projector")  # the momentum encoder
+        self.add_targets("backbone", "projector", momentum=m.ema_momentum, schedule="cosine")  # the momentum encoder
         self.criterion = InfoNCELoss(m.temperature)
 
-    def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         # Each view on its own, as in the reference code: BN statistics per view.
-        z1, z2 = (self.projector(self.backbone(v)) for v in views[:2])
+        z1, z2 = (self.projector(self.backbone(v)) for v in batch.views[:2])
         with torch.no_grad():
-            k1, k2 = (self.target_projector(self.target_backbone(v)) for v in views[:2])
+            k1, k2 = (self.target_projector(self.target_backbone(v)) for v in batch.views[:2])
         # Algorithm 1: ctr(q1, k2) + ctr(q2, k1), each cross-entropy scaled by 2 tau.
-        scale = 2 * self.config.method.temperature
+        scale = 2 * self.params.temperature
         loss = scale * (self.criterion(self.predictor(z1), k2) + self.criterion(self.predictor(z2), k1))
         return {"loss": loss, "embedding": z1.detach()}
-
-    @torch.no_grad()
-    def after_step(self) -> None:
-        self.update_targets(cosine_momentum(self.clock.step, self.clock.total_steps, self.config.method.ema_momentum))

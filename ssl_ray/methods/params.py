@@ -3,7 +3,9 @@
 A method declares ``Params``: a frozen pydantic model built from the groups below, overriding
 the defaults its paper uses. ``method: {name: swav, ...}`` is validated against SwAV's params
 only, so a field another method reads (``method.queue_size`` for SimCLR) is an unknown field
-rather than silently ignored, and adding a method never touches the config module.
+rather than silently ignored, and adding a method never touches the config module. The parsed
+config keeps them as that typed object (``config.method.num_prototypes``), which is what the
+method is built from.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from ssl_ray.strict import NoBoolNumbers
 
 class MethodParams(NoBoolNumbers):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # The registered method these are the parameters of (``method.name``).
+    name: str
 
 
 class Projector(MethodParams):

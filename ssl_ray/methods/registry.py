@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from ssl_ray.config import PipelineConfig
-    from ssl_ray.methods.base import SSLMethod
+from ssl_ray.methods.base import SSLMethod
 
 METHODS: dict[str, type[SSLMethod]] = {}
 
@@ -23,9 +20,8 @@ def register_method(name: str) -> Callable[[type[SSLMethod]], type[SSLMethod]]:
     return add
 
 
-def build_method(config: PipelineConfig) -> SSLMethod:
+def method_class(name: str) -> type[SSLMethod]:
     try:
-        cls = METHODS[config.method.name]
+        return METHODS[name]
     except KeyError:
-        raise ValueError(f"unknown method {config.method.name!r}; known: {', '.join(sorted(METHODS))}") from None
-    return cls(config)
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}") from None

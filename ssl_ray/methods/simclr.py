@@ -12,6 +12,7 @@ from ssl_ray.methods.params import Projector, Temperature
 from ssl_ray.methods.registry import register_method
 from ssl_ray.nn.heads import projection_head
 from ssl_ray.nn.losses import NTXentLoss
+from ssl_ray.views.recipe import Batch
 
 
 @register_method("simclr")
@@ -20,9 +21,9 @@ class SimCLR(SSLMethod):
         temperature: float = Field(default=0.1, gt=0.0)
         projection_hidden_dim: int = Field(default=2048, gt=0)
 
-    def __init__(self, config) -> None:
-        super().__init__(config)
-        m = config.method
+    def __init__(self, params, encoder, feature_dim, recipe) -> None:
+        super().__init__(params, encoder, feature_dim, recipe)
+        m = params
         self.projector = projection_head(self.feature_dim, m.projection_hidden_dim, m.projection_dim)
         self.criterion = self.build_criterion(m)
 
@@ -38,6 +39,6 @@ class SimCLR(SSLMethod):
         z = self.projector(self.backbone(torch.cat(views)))
         return z.chunk(2)
 
-    def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        z1, z2 = self.project(views)
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        z1, z2 = self.project(batch.views)
         return {"loss": self.criterion(z1, z2), "embedding": z1.detach()}

@@ -12,6 +12,7 @@ from ssl_ray.methods.params import Predictor, Projector
 from ssl_ray.methods.registry import register_method
 from ssl_ray.nn.heads import mlp
 from ssl_ray.nn.losses import NegativeCosineLoss
+from ssl_ray.views.recipe import Batch
 
 
 @register_method("simsiam")
@@ -24,9 +25,9 @@ class SimSiam(SSLMethod):
 
     fixed_lr_modules = ("predictor",)
 
-    def __init__(self, config) -> None:
-        super().__init__(config)
-        m = config.method
+    def __init__(self, params, encoder, feature_dim, recipe) -> None:
+        super().__init__(params, encoder, feature_dim, recipe)
+        m = params
         dim = m.projection_dim
         self.projector = mlp([self.feature_dim, m.projection_hidden_dim, m.projection_hidden_dim, dim], last_bn=True)
         self.predictor = mlp([dim, m.predictor_hidden_dim, dim])
@@ -38,8 +39,8 @@ class SimSiam(SSLMethod):
         z = self.projector(self.backbone(view))
         return z, self.predictor(z)
 
-    def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        (z1, p1), (z2, p2) = self.embed(views[0]), self.embed(views[1])
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        (z1, p1), (z2, p2) = self.embed(batch.views[0]), self.embed(batch.views[1])
         # Eq. 4: L = D(p1, sg(z2)) / 2 + D(p2, sg(z1)) / 2; the loss detaches its second argument
         # (unless method.stop_gradient is false: the collapse ablation).
         loss = self.criterion(p1, z2) / 2 + self.criterion(p2, z1) / 2

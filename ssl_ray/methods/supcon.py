@@ -13,6 +13,7 @@ from torch import nn
 from ssl_ray.methods.registry import register_method
 from ssl_ray.methods.simclr import SimCLR
 from ssl_ray.nn.losses import SupConLoss
+from ssl_ray.views.recipe import Batch
 
 
 @register_method("supcon")
@@ -23,8 +24,8 @@ class SupCon(SimCLR):
     def build_criterion(params) -> nn.Module:
         return SupConLoss(params.temperature)
 
-    def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        if labels is None:
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        if batch.labels is None:
             raise ValueError("supcon trains on labels: the batch has none")
-        z1, z2 = self.project(views)
-        return {"loss": self.criterion(z1, z2, labels), "embedding": z1.detach()}
+        z1, z2 = self.project(batch.views)
+        return {"loss": self.criterion(z1, z2, batch.labels), "embedding": z1.detach()}

@@ -22,6 +22,7 @@ from torch import nn
 from ssl_ray.methods.base import SSLMethod
 from ssl_ray.methods.params import Labelled
 from ssl_ray.methods.registry import register_method
+from ssl_ray.views.recipe import Batch
 
 
 @register_method("supervised")
@@ -30,12 +31,12 @@ class Supervised(SSLMethod):
     classifies = True
     Params = Labelled
 
-    def __init__(self, config) -> None:
-        super().__init__(config)
-        if config.method.num_classes is None:
+    def __init__(self, params, encoder, feature_dim, recipe) -> None:
+        super().__init__(params, encoder, feature_dim, recipe)
+        if params.num_classes is None:
             raise ValueError("method.num_classes: the supervised method needs the number of classes")
         self.feature_norm = nn.BatchNorm1d(self.feature_dim, affine=False)
-        self.classifier = nn.Linear(self.feature_dim, config.method.num_classes)
+        self.classifier = nn.Linear(self.feature_dim, params.num_classes)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         return self.classify(self.backbone(images))
@@ -43,8 +44,9 @@ class Supervised(SSLMethod):
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.feature_norm(features))
 
-    def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        if labels is None:
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        if batch.labels is None:
             raise ValueError("the supervised method needs the batch's labels")
-        features = self.backbone(views[0])
-        return {"loss": F.cross_entropy(self.classify(features).float(), labels), "embedding": features.detach()}
+        features = self.backbone(batch.views[0])
+        loss = F.cross_entropy(self.classify(features).float(), batch.labels)
+        return {"loss": loss, "embedding": features.detach()}

@@ -22,11 +22,12 @@ from ssl_ray.nn.distributed import this_workers_share, world_size
 from ssl_ray.nn.heads import mlp
 from ssl_ray.nn.multicrop import forward_by_size
 from ssl_ray.nn.queue import KeyQueue
+from ssl_ray.views.recipe import MULTI_CROP, Batch
 
 
 @register_method("swav")
 class SwAV(SSLMethod):
-    multi_crop = True
+    crops = MULTI_CROP
     frozen_in_first_epoch = ("prototypes",)
 
     class Params(Projector, Temperature):
@@ -38,41 +39,40 @@ class SwAV(SSLMethod):
         # Earlier global-crop projections (all workers') Sinkhorn also spreads over; 0 = none.
         queue_size: int = Field(default=0, ge=0)
 
-    def __init__(self, config) -> None:
-        super().__init__(config)
-        m = config.method
+    def __init__(self, params, encoder, feature_dim, recipe) -> None:
+        super().__init__(params, encoder, feature_dim, recipe)
+        m = params
         self.projector = mlp([self.feature_dim, m.projection_hidden_dim, m.projection_dim])
         self.prototypes = nn.Linear(m.projection_dim, m.num_prototypes, bias=False)
         self.normalize_prototypes()
         self.criterion = SwappedPredictionLoss(m.temperature, m.sinkhorn_iterations, m.sinkhorn_epsilon)
-        self.global_crops = config.augment.global_crops
+        self.global_crops = recipe.global_crops
         if m.queue_size:
             self.queues = nn.ModuleList(KeyQueue(m.projection_dim, m.queue_size) for _ in range(self.global_crops))
             self.register_buffer("queued", torch.zeros((), dtype=torch.long))  # projections seen
-        self._new_projections: list[torch.Tensor] = []
 
     @torch.no_grad()
     def normalize_prototypes(self) -> None:
         self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
 
-    def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        z = forward_by_size(lambda x: F.normalize(self.projector(self.backbone(x)), dim=1), views)
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        z = forward_by_size(lambda x: F.normalize(self.projector(self.backbone(x)), dim=1), batch.views)
         scores = [self.prototypes(crop) for crop in z]
         queue_scores = None
-        if self.config.method.queue_size and int(self.queued) >= self.config.method.queue_size:
+        if self.params.queue_size and int(self.queued) >= self.params.queue_size:
             # Each worker brings its share of the (gathered) queue, so Sinkhorn's sums across
             # workers count every stored projection once.
             with torch.no_grad():
                 queue_scores = [self.prototypes(this_workers_share(q.negatives())) for q in self.queues]
         loss = self.criterion(scores, assign_from=self.global_crops, queue_scores=queue_scores)
-        self._new_projections = [crop.detach() for crop in z[: self.global_crops]]
-        return {"loss": loss, "embedding": z[0].detach()}
+        new = [crop.detach() for crop in z[: self.global_crops]]
+        return {"loss": loss, "embedding": z[0].detach(), "global_projections": new}
 
     @torch.no_grad()
-    def after_step(self) -> None:
+    def after_step(self, outputs) -> None:
         self.normalize_prototypes()  # on the unit sphere for the next step's scores
-        if self.config.method.queue_size and self._new_projections:
-            for queue, projections in zip(self.queues, self._new_projections):
+        if self.params.queue_size:
+            new = outputs["global_projections"]
+            for queue, projections in zip(self.queues, new):
                 queue.enqueue(projections)  # gathered from every worker inside
-            self.queued += self._new_projections[0].shape[0] * world_size()
-        self._new_projections = []
+            self.queued += new[0].shape[0] * world_size()

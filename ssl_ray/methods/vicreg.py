@@ -15,6 +15,7 @@ from ssl_ray.methods.params import Projector
 from ssl_ray.methods.registry import register_method
 from ssl_ray.nn.decorrelation import VICRegLoss
 from ssl_ray.nn.heads import mlp
+from ssl_ray.views.recipe import Batch
 
 
 @register_method("vicreg")
@@ -26,12 +27,12 @@ class VICReg(SSLMethod):
         variance_weight: float = Field(default=25.0, ge=0.0)  # mu
         covariance_weight: float = Field(default=1.0, ge=0.0)  # nu
 
-    def __init__(self, config) -> None:
-        super().__init__(config)
-        m = config.method
+    def __init__(self, params, encoder, feature_dim, recipe) -> None:
+        super().__init__(params, encoder, feature_dim, recipe)
+        m = params
         self.projector = mlp([self.feature_dim, m.projection_hidden_dim, m.projection_hidden_dim, m.projection_dim])
         self.criterion = VICRegLoss(m.invariance_weight, m.variance_weight, m.covariance_weight)
 
-    def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        z1, z2 = self.projector(self.backbone(torch.cat(views))).chunk(2)
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        z1, z2 = self.projector(self.backbone(torch.cat(batch.views))).chunk(2)
         return {"loss": self.criterion(z1, z2), "embedding": z1.detach()}

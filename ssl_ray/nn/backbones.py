@@ -20,7 +20,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 if TYPE_CHECKING:
-    from ssl_ray.config import ModelConfig
+    from ssl_ray.sections import ModelConfig
 
 _ARCHS: dict[str, tuple[type[BasicBlock] | type[Bottleneck], tuple[int, int, int, int]]] = {
     "resnet18": (BasicBlock, (2, 2, 2, 2)),

@@ -6,8 +6,13 @@ never by hand inside ``forward``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 from torch import nn
+
+from ssl_ray.nn.schedules import cosine_momentum
 
 
 def deactivate_requires_grad(module: nn.Module) -> nn.Module:
@@ -32,3 +37,20 @@ def update_momentum(online: nn.Module, target: nn.Module, momentum: float) -> No
     torch._foreach_add_(target_params, online_params, alpha=1.0 - momentum)
     for online_buffer, target_buffer in zip(online.buffers(), target.buffers()):
         target_buffer.copy_(online_buffer)
+
+
+@dataclass(frozen=True)
+class MomentumTargets:
+    """A method's declared EMA targets: the online submodules that have a ``target_<name>``
+    copy, and the momentum they follow. ``cosine``: from ``start`` at step 0 to 1 at the last
+    step (BYOL Sec. 3.2, MoCo v3, DINO Sec. 3.1); ``constant``: ``start`` throughout (MoCo
+    v1/v2, Eq. 2). The shared training step updates them after every optimiser step."""
+
+    online: tuple[str, ...]
+    start: float
+    schedule: Literal["constant", "cosine"]
+
+    def momentum_at(self, step: int, total_steps: int) -> float:
+        if self.schedule == "constant":
+            return self.start
+        return cosine_momentum(step, total_steps, self.start)

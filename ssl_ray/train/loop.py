@@ -19,8 +19,6 @@ import torch
 
 from ssl_ray.config import PipelineConfig, config_from_dict
 from ssl_ray.data.decode import SKIP_REASONS
-from ssl_ray.data.views import DeviceViews
-from ssl_ray.methods import build_method
 from ssl_ray.methods.base import SSLMethod, TrainingClock
 from ssl_ray.monitors.collapse import effective_rank, normalized_std
 from ssl_ray.monitors.features import extract_features, pixels_as_features
@@ -29,12 +27,14 @@ from ssl_ray.nn.distributed import all_reduce_mean, all_reduce_no_grad, rank_zer
 from ssl_ray.nn.precision import resolve_memory_format, resolve_precision
 from ssl_ray.nn.schedules import warmup_cosine
 from ssl_ray.tracking.mlflow_run import RunTracker
+from ssl_ray.train.build import build_method
 from ssl_ray.train.checkpoint import load_state, save_state
 from ssl_ray.train.guard import NonFiniteGuard, non_finite_tensors
 from ssl_ray.train.optim import build_optimizer
 from ssl_ray.train.plan import TrainingPlan
 from ssl_ray.train.step import training_step
 from ssl_ray.train.worker_config import WorkerConfig
+from ssl_ray.views.transforms import DeviceViews
 
 # Reported (with the count of non-finite steps in a row) when the guard stops the run.
 STOPPED_NONFINITE = "stopped_nonfinite"
@@ -187,7 +187,7 @@ def _baselines(w: Worker) -> None:
     _say(w, line)
 
 
-def _train_epoch(w: Worker, shard, view_keys: list[str]) -> dict[str, float]:
+def _train_epoch(w: Worker, shard) -> dict[str, float]:
     config, plan = w.config, w.plan
     final_lr = plan.peak_lr * config.optim.final_lr_fraction
     board = w.setup.progress_board if w.rank == 0 else None
@@ -195,7 +195,7 @@ def _train_epoch(w: Worker, shard, view_keys: list[str]) -> dict[str, float]:
     recent: list[torch.Tensor] = []  # the epoch's last embeddings, for the collapse monitors
     batches = shard.iter_torch_batches(batch_size=plan.batch_per_worker, drop_last=True, prefetch_batches=2)
     taken = 0  # batches this epoch, skipped ones included
-    for batch_index, batch in enumerate(batches):
+    for batch_index, columns in enumerate(batches):
         if batch_index >= plan.steps_per_epoch:
             break  # every worker stops at the same step, so DDP never waits on a missing peer
         taken += 1
@@ -203,14 +203,14 @@ def _train_epoch(w: Worker, shard, view_keys: list[str]) -> dict[str, float]:
         for group in w.optimizer.param_groups:
             group["lr"] = plan.peak_lr if group.get("fixed_lr") else lr
         clock = TrainingClock(w.step, plan.total_steps, plan.steps_per_epoch)
-        views = [batch[key].to(w.device, non_blocking=True) for key in view_keys]
-        if w.device_views is not None:
-            views = w.device_views(views)  # uint8 crops -> augmented floats in [0, 1]
-        views = [view.contiguous(memory_format=w.memory_format) for view in views]
-        labels = batch["label"].to(w.device, non_blocking=True) if w.method.uses_labels else None
-        out = training_step(
-            w.method, w.optimizer, views, clock, model=w.model, labels=labels, precision=w.precision, guard=w.guard
+        batch = w.method.recipe.to_batch(
+            columns,
+            w.device,
+            device_views=w.device_views,
+            memory_format=w.memory_format,
+            labels=w.method.uses_labels,
         )
+        out = training_step(w.method, w.optimizer, batch, clock, model=w.model, precision=w.precision, guard=w.guard)
         w.step += 1  # a skipped step still uses up its batch and its place in the lr schedule
         if out is None:
             if w.guard.exhausted:
@@ -292,10 +292,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if w.rank == 0 and w.epoch == 0 and w.config.eval.knn_at_init and knn:
         _baselines(w)
     shard = ray.train.get_dataset_shard("train")
-    view_keys = [f"view{i}" for i in range(w.config.augment.num_views)]
     every = w.config.eval.knn_every_epochs
     while w.epoch < w.config.train.epochs:
-        metrics = _train_epoch(w, shard, view_keys)
+        metrics = _train_epoch(w, shard)
         if STOPPED_NONFINITE in metrics or STOPPED_NO_BATCH in metrics:
             # No checkpoint: the driver reads this report and fails the run with the reason.
             if STOPPED_NONFINITE in metrics:

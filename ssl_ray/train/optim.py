@@ -7,7 +7,7 @@ import torch
 from timm.optim import Lars
 from torch import nn
 
-from ssl_ray.config import OptimConfig
+from ssl_ray.sections import OptimConfig
 
 
 def param_groups(

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
-from ssl_ray.config import StorageConfig
 from ssl_ray.data.errors import DataSourceError
 from ssl_ray.data.objectstore import describe_failure, filesystem_for, is_remote
+from ssl_ray.sections import StorageConfig
 
 
 def normalise_storage_path(path: str) -> str:

@@ -21,6 +21,7 @@ from ssl_ray.data.errors import DataSourceError, warn
 from ssl_ray.data.skips import SkipCounter
 from ssl_ray.data.sources import PretrainData, build_pretrain_data, check_data_locations
 from ssl_ray.methods import METHODS
+from ssl_ray.methods.params import Labelled
 from ssl_ray.monitors.knn import k_for_bank
 from ssl_ray.tracking.epoch_log import EpochMetricsLogger
 from ssl_ray.tracking.mlflow_run import RunTracker, resolve_tracking_uri
@@ -66,7 +67,7 @@ def _with_label_classes(config: PipelineConfig, num_classes: int) -> PipelineCon
         return config
     if num_classes < 2:
         raise ConfigError(f"method {config.method.name} trains on labels, and {config.data.path} has none")
-    if getattr(config.method, "num_classes", 0) is None:  # a classifier sized by the data
+    if isinstance(config.method, Labelled) and config.method.num_classes is None:  # sized by the data
         return config.model_copy(update={"method": config.method.model_copy(update={"num_classes": num_classes})})
     return config
 
