@@ -76,6 +76,7 @@ class RunTracker:
 
     def __init__(self, tracking_uri: str, run_id: str) -> None:
         self.client = MlflowClient(tracking_uri)
+        self.tracking_uri = tracking_uri
         self.run_id = run_id
 
     @classmethod

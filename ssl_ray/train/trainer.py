@@ -127,6 +127,23 @@ class SweepTrial:
     epoch_gate: object | None = None  # asked after each epoch whether the sweep stopped the trial
 
 
+@dataclass
+class _Run:
+    """One pretraining run as the driver's steps build it up."""
+
+    config: PipelineConfig
+    tracking_uri: str
+    storage: RunStorage
+    name: str
+    tracker: RunTracker | None  # None until the MLflow run is started (a resume finds it)
+    use_gpu: bool = False
+    augment_on_device: bool = False
+    skips: object | None = None  # the SkipCounter actor of file sources
+    data: PretrainData | None = None
+    knn_k: int | None = None
+    board: object | None = None  # the ProgressBoard actor the workers post their progress to
+
+
 def run_pretraining(
     config: PipelineConfig,
     resume: bool | str = False,
@@ -140,25 +157,53 @@ def run_pretraining(
     run this one nests under (an evaluation's fine-tuning runs under the pretraining's);
     ``after_training``: called with the trained run before its MLflow run ends (the
     command line's end-of-run probe and model registration)."""
-    tracking_uri = resolve_tracking_uri(config.tracking.tracking_uri)
-    runs = RunStorage.resolve(config.train.storage_path, config.storage)
-    runs.check(config.storage)
-    check_data_locations(config)  # a bad bucket or an empty prefix fails here, before Ray starts
-    if resume:
-        run_name = resume if isinstance(resume, str) else latest_run_name(runs.url, config.run_prefix, config.storage)
-        if run_name is None:
-            raise ResumeError(f"nothing to resume: no run named {config.run_prefix}-* under {runs.url}")
-        if isinstance(resume, str) and not run_exists(runs.url, run_name, config.storage):
-            # Said before any MLflow call, which would create ./mlflow.db for a typo.
-            raise ResumeError(f"nothing to resume: no run {run_name} under {runs.url} (train.storage_path)")
-        tracker = RunTracker.find(tracking_uri, config.tracking.experiment, run_name)
-        if tracker is None:
-            raise ResumeError(f"no MLflow run tagged with Ray run {run_name} in {tracking_uri}")
-        tracker.set_running()
-    else:
-        run_name = fresh_run_name(config.run_prefix)
-        tracker = None
+    run = _locate(config, resume)  # storage, data locations and a resumed run checked before Ray starts
+    _start_ray(config)
+    _prepare_data(run)
+    _open_tracking(run, parent_run_id=trial.parent_run_id if trial else parent_run_id, trial=trial)
+    trainer = _trainer(run, init_backbone, trial)
+    try:
+        with ProgressPrinter(run.board, show_bar=sys.stdout.isatty() and trial is None):
+            result = trainer.fit()
+        _fail_on_a_stop(run)
+        weights = _log_outcome(run, result)
+        if after_training is not None and weights is not None:
+            after_training(
+                TrainedRun(run.config, run.tracker, run.tracking_uri, weights, run.data.knn_bank is not None)
+            )
+    except BaseException:
+        run.tracker.end("FAILED")
+        raise
+    stopped_early = trial is not None and len(run.tracker.metric_history("loss")) < run.config.train.epochs
+    if stopped_early:  # the sweep's scheduler stopped it
+        run.tracker.set_tag("ssl_ray.stopped_early", "true")
+    run.tracker.end("KILLED" if stopped_early else "FINISHED")
+    return _result(run, result)
 
+
+def _locate(config: PipelineConfig, resume: bool | str) -> _Run:
+    """Where the run's checkpoints go and its data come from, checked; with ``resume``, the
+    run to resume and its MLflow run, found."""
+    tracking_uri = resolve_tracking_uri(config.tracking.tracking_uri)
+    storage = RunStorage.resolve(config.train.storage_path, config.storage)
+    storage.check(config.storage)
+    check_data_locations(config)  # a bad bucket or an empty prefix fails here, before Ray starts
+    if not resume:
+        return _Run(config, tracking_uri, storage, fresh_run_name(config.run_prefix), tracker=None)
+    name = resume if isinstance(resume, str) else latest_run_name(storage.url, config.run_prefix, config.storage)
+    if name is None:
+        raise ResumeError(f"nothing to resume: no run named {config.run_prefix}-* under {storage.url}")
+    if isinstance(resume, str) and not run_exists(storage.url, name, config.storage):
+        # Said before any MLflow call, which would create ./mlflow.db for a typo.
+        raise ResumeError(f"nothing to resume: no run {name} under {storage.url} (train.storage_path)")
+    tracker = RunTracker.find(tracking_uri, config.tracking.experiment, name)
+    if tracker is None:
+        raise ResumeError(f"no MLflow run tagged with Ray run {name} in {tracking_uri}")
+    tracker.set_running()
+    return _Run(config, tracking_uri, storage, name, tracker)
+
+
+def _start_ray(config: PipelineConfig) -> None:
     if not ray.is_initialized():
         env = {}
         if config.train.threads_per_worker:
@@ -170,58 +215,66 @@ def run_pretraining(
     data_context = ray.data.DataContext.get_current()
     data_context.enable_progress_bars = False  # our own per-epoch bar says what matters
     data_context.print_on_execution_start = False
-    use_gpu = _use_gpu(config)
-    sync_batchnorm = _sync_batchnorm(config, use_gpu)
-    augment_on_device = config.augment.on == "device" or (config.augment.on == "auto" and use_gpu)
-    skips = SkipCounter.remote() if config.data.source != "fashion_mnist" else None
-    data = build_pretrain_data(config, counter=skips, augment_on_device=augment_on_device)
-    config = _with_label_classes(config, data.num_classes)
-    knn_k = _fit_to_the_data(config, data)
-    if tracker is None:
-        tracker = RunTracker.start(
-            tracking_uri,
-            config,
-            run_name,
-            parent_run_id=trial.parent_run_id if trial else parent_run_id,
-            tags=trial.tags if trial else None,
-        )
-        if data.label_subset is not None:
-            with tempfile.TemporaryDirectory() as out:
-                # Which images the few labels are: indices into the training set, or files.
-                (Path(out) / "label_subset.txt").write_text("\n".join(data.label_subset) + "\n")
-                tracker.log_artifact(Path(out) / "label_subset.txt", "labels")
 
-    board = ProgressBoard.remote()
-    trainer = TorchTrainer(
+
+def _prepare_data(run: _Run) -> None:
+    """The datasets, and the config fitted to them (classes, batch, k) before any worker starts."""
+    config = run.config
+    run.use_gpu = _use_gpu(config)
+    run.augment_on_device = config.augment.on == "device" or (config.augment.on == "auto" and run.use_gpu)
+    run.skips = SkipCounter.remote() if config.data.source != "fashion_mnist" else None
+    run.data = build_pretrain_data(config, counter=run.skips, augment_on_device=run.augment_on_device)
+    run.config = _with_label_classes(config, run.data.num_classes)
+    run.knn_k = _fit_to_the_data(run.config, run.data)
+
+
+def _open_tracking(run: _Run, parent_run_id: str | None, trial: SweepTrial | None) -> None:
+    """A fresh run's MLflow run (a resumed one has its own already), with the few-label subset."""
+    if run.tracker is not None:
+        return
+    tags = trial.tags if trial else None
+    run.tracker = RunTracker.start(run.tracking_uri, run.config, run.name, parent_run_id=parent_run_id, tags=tags)
+    if run.data.label_subset is not None:
+        with tempfile.TemporaryDirectory() as out:
+            # Which images the few labels are: indices into the training set, or files.
+            (Path(out) / "label_subset.txt").write_text("\n".join(run.data.label_subset) + "\n")
+            run.tracker.log_artifact(Path(out) / "label_subset.txt", "labels")
+
+
+def _trainer(run: _Run, init_backbone: dict[str, torch.Tensor] | None, trial: SweepTrial | None) -> TorchTrainer:
+    config, data = run.config, run.data
+    run.board = ProgressBoard.remote()
+    worker = WorkerConfig(
+        config=config.model_dump(mode="json"),
+        tracking_uri=run.tracking_uri,
+        mlflow_run_id=run.tracker.run_id,
+        train_size=data.train_size,
+        num_classes=data.num_classes,
+        knn=data.knn_bank is not None,
+        knn_k=run.knn_k,
+        sync_batchnorm=_sync_batchnorm(config, run.use_gpu),
+        augment_on_device=run.augment_on_device,
+        listing_skips=data.listing_skips,
+        init_backbone=init_backbone,
+        skip_counter=run.skips,
+        progress_board=run.board,
+        epoch_gate=trial.epoch_gate if trial else None,
+    )
+    return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=WorkerConfig(
-            config=config.model_dump(mode="json"),
-            tracking_uri=tracking_uri,
-            mlflow_run_id=tracker.run_id,
-            train_size=data.train_size,
-            num_classes=data.num_classes,
-            knn=data.knn_bank is not None,
-            knn_k=knn_k,
-            sync_batchnorm=sync_batchnorm,
-            augment_on_device=augment_on_device,
-            listing_skips=data.listing_skips,
-            init_backbone=init_backbone,
-            skip_counter=skips,
-            progress_board=board,
-            epoch_gate=trial.epoch_gate if trial else None,
-        ).as_loop_config(),
+        train_loop_config=worker.as_loop_config(),
         scaling_config=ScalingConfig(
             num_workers=config.train.num_workers,
-            use_gpu=use_gpu,
-            resources_per_worker={"CPU": config.train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+            use_gpu=run.use_gpu,
+            resources_per_worker={"CPU": config.train.cpus_per_worker, **({"GPU": 1} if run.use_gpu else {})},
         ),
         run_config=RunConfig(
-            name=run_name,
-            storage_path=runs.path,
-            storage_filesystem=runs.filesystem,
+            name=run.name,
+            storage_path=run.storage.path,
+            storage_filesystem=run.storage.filesystem,
             checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints),
             failure_config=FailureConfig(max_failures=2),
-            callbacks=[EpochMetricsLogger(tracking_uri, tracker.run_id), *(trial.callbacks if trial else ())],
+            callbacks=[EpochMetricsLogger(run.tracking_uri, run.tracker.run_id), *(trial.callbacks if trial else ())],
         ),
         datasets={
             "train": data.train,
@@ -229,15 +282,13 @@ def run_pretraining(
         },
         dataset_config=DataConfig(datasets_to_split=["train"]),
     )
-    try:
-        with ProgressPrinter(board, show_bar=sys.stdout.isatty() and trial is None):
-            result = trainer.fit()
-    except BaseException:
-        tracker.end("FAILED")
-        raise
 
-    # Ray Train's result carries the last checkpointed report; the stop has none, so read it
-    # from the run, where the epoch logger put it.
+
+def _fail_on_a_stop(run: _Run) -> None:
+    """A run the workers stopped (no full batch, non-finite steps) fails with the reason.
+    Ray Train's result carries the last checkpointed report; the stop has none, so it is read
+    from the MLflow run, where the epoch logger put it."""
+    config, tracker = run.config, run.tracker
     if tracker.metric_history(STOPPED_NO_BATCH):
         epoch = int(tracker.metric_history(STOPPED_NO_BATCH)[-1][1])
         message = (
@@ -245,7 +296,6 @@ def run_pretraining(
             "images: fewer files decode than the listing's check counted (skipped_* in the run); lower train.batch_size"
         )
         tracker.set_tag("ssl_ray.failure", message)
-        tracker.end("FAILED")
         raise DataSourceError(message)
     stopped = tracker.metric_history(STOPPED_NONFINITE)
     if stopped:
@@ -256,50 +306,46 @@ def run_pretraining(
             "was written from them. Try a lower optim.base_lr, optim.grad_clip_norm, or train.precision=fp32."
         )
         tracker.set_tag("ssl_ray.failure", message)
-        tracker.end("FAILED")
         raise NonFiniteLossError(message)
 
-    knn = tracker.metric_history("knn_top1")
-    loss = tracker.metric_history("loss")
+
+def _log_outcome(run: _Run, result) -> dict[str, torch.Tensor] | None:
+    """The encoder's weights (returned; None without a checkpoint), the config and the curves
+    into the MLflow run."""
+    tracker, weights = run.tracker, None
     init = dict(tracker.metric_history("knn_top1_init")).get(0)
     raw = dict(tracker.metric_history("knn_top1_raw_pixels")).get(0)
-    checkpoint_path = runs.display(result.checkpoint.path) if result.checkpoint is not None else None
     with tempfile.TemporaryDirectory() as out:
         out = Path(out)
         if result.checkpoint is not None:
-            tracker.set_tag("ssl_ray.checkpoint", checkpoint_path)
+            tracker.set_tag("ssl_ray.checkpoint", run.storage.display(result.checkpoint.path))
             with result.checkpoint.as_directory() as directory:
                 weights = encoder_state(load_state(directory))
             torch.save(weights, out / "encoder.pt")
             tracker.log_artifact(out / "encoder.pt", "encoder")
-        (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        (out / "config.yaml").write_text(yaml.safe_dump(run.config.model_dump(mode="json"), sort_keys=False))
         tracker.log_artifact(out / "config.yaml")
         baselines = {name: value for name, value in (("random init", init), ("raw pixels", raw)) if value is not None}
-        plot_curves(out / "curves.png", loss, knn, baselines, run_name)
+        loss, knn = tracker.metric_history("loss"), tracker.metric_history("knn_top1")
+        plot_curves(out / "curves.png", loss, knn, baselines, run.name)
         tracker.log_artifact(out / "curves.png", "plots")
-    if after_training is not None and result.checkpoint is not None:
-        try:
-            after_training(TrainedRun(config, tracker, tracking_uri, weights, data.knn_bank is not None))
-        except BaseException:
-            tracker.end("FAILED")
-            raise
-    if trial is not None and len(loss) < config.train.epochs:  # the sweep's scheduler stopped it
-        tracker.set_tag("ssl_ray.stopped_early", "true")
-        tracker.end("KILLED")
-    else:
-        tracker.end("FINISHED")
-    trained = [value for step, value in knn if step > 0]
+    return weights
+
+
+def _result(run: _Run, result) -> PretrainResult:
+    tracker = run.tracker
+    trained = [value for step, value in tracker.metric_history("knn_top1") if step > 0]
     test_top1 = tracker.metric_history("test_top1")  # label-trained methods' classifier
     return PretrainResult(
-        ray_run_name=run_name,
+        ray_run_name=run.name,
         mlflow_run_id=tracker.run_id,
         mlflow_experiment_id=tracker.experiment_id,
-        tracking_uri=tracking_uri,
-        knn_top1_init=init,
-        knn_top1_raw_pixels=raw,
+        tracking_uri=run.tracking_uri,
+        knn_top1_init=dict(tracker.metric_history("knn_top1_init")).get(0),
+        knn_top1_raw_pixels=dict(tracker.metric_history("knn_top1_raw_pixels")).get(0),
         knn_top1=trained[-1] if trained else None,
-        epochs_done=len(loss),
-        checkpoint_path=checkpoint_path,
+        epochs_done=len(tracker.metric_history("loss")),
+        checkpoint_path=run.storage.display(result.checkpoint.path) if result.checkpoint is not None else None,
         test_top1=test_top1[-1][1] if test_top1 else None,
-        knn_k=knn_k,
+        knn_k=run.knn_k,
     )

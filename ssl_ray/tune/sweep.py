@@ -323,76 +323,17 @@ def run_sweep(
 ) -> SweepResult:
     """``raw``: the pipeline as ``config.load_raw`` gives it (validated here, with the space)."""
     import ray
-    from ray import tune
 
-    from ssl_ray.data.sources import check_data_locations
-    from ssl_ray.tracking.mlflow_run import RunTracker, resolve_tracking_uri
-    from ssl_ray.tracking.plots import plot_scores
-    from ssl_ray.train.storage import RunStorage, fresh_run_name, latest_run_name
-    from ssl_ray.tune.verdicts import board_name, start_board
+    from ssl_ray.tune.verdicts import start_board
 
     base = config_from_dict(raw)
     check_sweepable(base, space, options)
-    tracking_uri = resolve_tracking_uri(base.tracking.tracking_uri)
-    trial_raw = merge_dotted(raw, {"tracking.tracking_uri": tracking_uri})  # trials log where the parent is
-    runs = RunStorage.resolve(base.train.storage_path, base.storage)
-    runs.check(base.storage)
-    check_data_locations(base)
-
-    prefix = f"{base.run_prefix}-sweep"
-    if resume:
-        name = resume if isinstance(resume, str) else latest_run_name(runs.url, prefix, base.storage)
-        parent = RunTracker.find(tracking_uri, base.tracking.experiment, name) if name else None
-        if name is None or parent is None:
-            raise ConfigError(f"sweep: nothing to resume: no sweep named {name or prefix + '-*'} under {runs.url}")
-        parent.set_running()
-    else:
-        name = fresh_run_name(prefix)
-        parent = RunTracker.start(tracking_uri, base, name, tags={SWEEP_TAG: name, "ssl_ray.kind": "sweep"})
-        parent.log_params(
-            {
-                "sweep.space": space.source,
-                **{f"sweep.{key}": str(value) for key, value in options.model_dump().items()},
-                **{f"space.{d.field}": f"{d.kind}{list(d.args)}" for d in space.dimensions},
-            }
-        )
-
+    name, parent, runs = _open_sweep(base, space, options, resume)
     if not ray.is_initialized():
         start_ray()
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, raw=trial_raw, sweep_name=name, parent_run_id=parent.run_id),
-        # The trial only drives (reads the data's index, starts Ray Train, waits): its workers
-        # hold the CPUs and GPUs. A CPU here would leave a 2-CPU machine with 2 one-CPU
-        # workers unable to run any trial, so it reserves memory alone.
-        {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY},
-    )
     board = start_board(name)  # noqa: F841 (held: the board lives while the sweep runs)
-    max_concurrent = options.max_concurrent or _cluster_share(base)
-    experiment = f"{runs.url}/{name}"
+    tuner = _tuner(base, raw, space, options, resume, name, parent, runs)
     started = time.time()
-    if resume:
-        tuner = tune.Tuner.restore(
-            experiment,
-            trainable,
-            resume_unfinished=True,
-            resume_errored=True,
-            param_space=space.param_space(),
-            storage_filesystem=runs.filesystem,
-        )
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=space.param_space(),
-            tune_config=tune.TuneConfig(
-                metric=options.metric,
-                mode=options.mode,
-                search_alg=_search_algorithm(options, max_concurrent),
-                scheduler=_scheduler(base, space, options, board_name(name)),
-                num_samples=options.num_samples,
-                max_concurrent_trials=None if options.search == "random" else max_concurrent,
-            ),
-            run_config=tune.RunConfig(name=name, storage_path=runs.path, storage_filesystem=runs.filesystem, verbose=1),
-        )
     try:
         with _ctrl_c_stops_gracefully() as ctrl_c:
             grid = tuner.fit()
@@ -404,14 +345,94 @@ def run_sweep(
     rows = _rows(grid, parent.client, parent.run_id, raw, options)
     # Ctrl-C returns from fit() too, with the state saved and some trials unfinished.
     finished = grid.num_terminated + grid.num_errors
-    interrupted = ctrl_c.is_set() or finished < options.num_samples * space.grid_size
-    if interrupted:  # Ctrl-C: Tune saved its state; leave the trials' runs to the resumed sweep
+    outcome = (name, parent.run_id, parent.experiment_id, parent.tracking_uri, rows)
+    if ctrl_c.is_set() or finished < options.num_samples * space.grid_size:
+        # Tune saved its state; the trials' runs are left to the resumed sweep.
         parent.set_tag("ssl_ray.resume", f"ssl-ray sweep ... --resume {name}")
         parent.end("KILLED")
-        return SweepResult(name, parent.run_id, parent.experiment_id, tracking_uri, rows, None, None, wall, True)
-
+        return SweepResult(*outcome, None, None, wall, True)
     _close_children(parent.client, rows)
     best = best_trial(rows, options.mode)
+    out_path = _log_sweep_outcome(parent, raw, space, options, rows, best, name, best_config_path, wall)
+    parent.end("FINISHED" if best is not None else "FAILED")
+    return SweepResult(*outcome, best, out_path, wall, False)
+
+
+def _open_sweep(base: PipelineConfig, space: SearchSpace, options: SweepOptions, resume: bool | str):
+    """The sweep's name, its parent MLflow run (found again on ``resume``) and its storage,
+    checked with the data locations before Ray starts."""
+    from ssl_ray.data.sources import check_data_locations
+    from ssl_ray.tracking.mlflow_run import RunTracker, resolve_tracking_uri
+    from ssl_ray.train.storage import RunStorage, fresh_run_name, latest_run_name
+
+    tracking_uri = resolve_tracking_uri(base.tracking.tracking_uri)
+    runs = RunStorage.resolve(base.train.storage_path, base.storage)
+    runs.check(base.storage)
+    check_data_locations(base)
+    prefix = f"{base.run_prefix}-sweep"
+    if resume:
+        name = resume if isinstance(resume, str) else latest_run_name(runs.url, prefix, base.storage)
+        parent = RunTracker.find(tracking_uri, base.tracking.experiment, name) if name else None
+        if name is None or parent is None:
+            raise ConfigError(f"sweep: nothing to resume: no sweep named {name or prefix + '-*'} under {runs.url}")
+        parent.set_running()
+        return name, parent, runs
+    name = fresh_run_name(prefix)
+    parent = RunTracker.start(tracking_uri, base, name, tags={SWEEP_TAG: name, "ssl_ray.kind": "sweep"})
+    parent.log_params(
+        {
+            "sweep.space": space.source,
+            **{f"sweep.{key}": str(value) for key, value in options.model_dump().items()},
+            **{f"space.{d.field}": f"{d.kind}{list(d.args)}" for d in space.dimensions},
+        }
+    )
+    return name, parent, runs
+
+
+def _tuner(base, raw, space, options, resume, name: str, parent, runs):
+    """A new Tuner over pretraining trials, or the interrupted sweep's, restored."""
+    from ray import tune
+
+    from ssl_ray.tune.verdicts import board_name
+
+    trial_raw = merge_dotted(raw, {"tracking.tracking_uri": parent.tracking_uri})  # trials log where the parent is
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, raw=trial_raw, sweep_name=name, parent_run_id=parent.run_id),
+        # The trial only drives (reads the data's index, starts Ray Train, waits): its workers
+        # hold the CPUs and GPUs. A CPU here would leave a 2-CPU machine with 2 one-CPU
+        # workers unable to run any trial, so it reserves memory alone.
+        {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY},
+    )
+    if resume:
+        return tune.Tuner.restore(
+            f"{runs.url}/{name}",
+            trainable,
+            resume_unfinished=True,
+            resume_errored=True,
+            param_space=space.param_space(),
+            storage_filesystem=runs.filesystem,
+        )
+    max_concurrent = options.max_concurrent or _cluster_share(base)
+    return tune.Tuner(
+        trainable,
+        param_space=space.param_space(),
+        tune_config=tune.TuneConfig(
+            metric=options.metric,
+            mode=options.mode,
+            search_alg=_search_algorithm(options, max_concurrent),
+            scheduler=_scheduler(base, space, options, board_name(name)),
+            num_samples=options.num_samples,
+            max_concurrent_trials=None if options.search == "random" else max_concurrent,
+        ),
+        run_config=tune.RunConfig(name=name, storage_path=runs.path, storage_filesystem=runs.filesystem, verbose=1),
+    )
+
+
+def _log_sweep_outcome(parent, raw, space, options, rows, best, name, best_config_path, wall: float) -> Path | None:
+    """The trial table, the score plot, the best config (written and logged) and the summary
+    metrics into the parent run; returns where the best config was written."""
+    from ssl_ray.tracking.plots import plot_scores
+
     out_path = None
     with tempfile.TemporaryDirectory() as out:
         out = Path(out)
@@ -436,5 +457,4 @@ def run_sweep(
         "sweep_wall_s": wall,
     }
     parent.log_metrics(summary, step=0)
-    parent.end("FINISHED" if best is not None else "FAILED")
-    return SweepResult(name, parent.run_id, parent.experiment_id, tracking_uri, rows, best, out_path, wall, False)
+    return out_path
