@@ -165,8 +165,9 @@ def test_asha_stops_the_weak_trial_and_mlflow_holds_the_sweep(asha_sweep):
     assert full_bank.info.status == "FINISHED"
     for key in ("loss", "knn_top1", "images_per_s", "collapse_std"):
         assert epochs(full_bank, key) == [1, 2, 3], key
-    # The tiny_bank one was stopped by ASHA on its first epoch's score, trained no further (the
-    # loop waits for the scheduler's verdict on each epoch), and its run says so.
+    # The tiny_bank one was stopped by ASHA on its first epoch's score and logged no further
+    # epoch (the loop never reports an epoch before the verdict on the last one is in), and its
+    # run says so.
     assert epochs(tiny_bank, "knn_top1") == [1] and epochs(tiny_bank, "loss") == [1]
     assert tiny_bank.data.metrics["knn_top1"] < client.get_metric_history(full_bank.info.run_id, "knn_top1")[0].value
     assert tiny_bank.info.status == "KILLED" and tiny_bank.data.tags["ssl_ray.stopped_early"] == "true"

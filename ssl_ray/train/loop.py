@@ -40,6 +40,10 @@ from ssl_ray.views.transforms import DeviceViews
 STOPPED_NONFINITE = "stopped_nonfinite"
 # Reported (with the epoch) when the training data gave no full batch: nothing decodes enough.
 STOPPED_NO_BATCH = "stopped_no_batch"
+# Not reported: the sweep's scheduler stopped the trial at the last reported epoch.
+STOPPED_BY_SWEEP = "stopped_by_sweep"
+# A sweep's trial looks for the scheduler's verdict on the last epoch this often (in steps).
+VERDICT_POLL_STEPS = 5
 # Collapse monitors use the embeddings of the epoch's last few batches (about 1k rows).
 MONITOR_BATCHES = 8
 
@@ -68,6 +72,7 @@ class Worker:
     device_views: DeviceViews | None  # the colour part of the views, when it runs here
     epoch: int = 0
     step: int = 0
+    verdict: Any = None  # rank 0 of a sweep's trial: the question on the last reported epoch
 
     def knn(self, encoder: torch.nn.Module, precision: str | None = None) -> float:
         def features(name, what):
@@ -198,6 +203,8 @@ def _train_epoch(w: Worker, shard) -> dict[str, float]:
     for batch_index, columns in enumerate(batches):
         if batch_index >= plan.steps_per_epoch:
             break  # every worker stops at the same step, so DDP never waits on a missing peer
+        if batch_index % VERDICT_POLL_STEPS == 0 and _stopped_by_sweep(w, wait=False):
+            return {STOPPED_BY_SWEEP: float(w.epoch)}  # the rest of this epoch is never reported
         taken += 1
         lr = warmup_cosine(w.step, plan.total_steps, plan.warmup_steps, plan.peak_lr, final_lr)
         for group in w.optimizer.param_groups:
@@ -295,6 +302,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     every = w.config.eval.knn_every_epochs
     while w.epoch < w.config.train.epochs:
         metrics = _train_epoch(w, shard)
+        if STOPPED_BY_SWEEP in metrics or _stopped_by_sweep(w, wait=True):
+            _say(w, f"epoch {w.epoch}: stopped by the sweep's scheduler")
+            break
         if STOPPED_NONFINITE in metrics or STOPPED_NO_BATCH in metrics:
             # No checkpoint: the driver reads this report and fails the run with the reason.
             if STOPPED_NONFINITE in metrics:
@@ -315,9 +325,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             skipped = Counter(ray.get(counter.take.remote())) + Counter(setup.listing_skips)
             metrics.update({f"skipped_{reason}": float(skipped.get(reason, 0)) for reason in SKIP_REASONS})
         _report(w, metrics)
-        if _stopped_by_sweep(w):
-            _say(w, f"epoch {w.epoch}: stopped by the sweep's scheduler")
-            break
+        if w.rank == 0 and setup.epoch_gate is not None:
+            w.verdict = setup.epoch_gate.ask(w.epoch)  # answered while the next epoch trains
 
 
 def _fit_plan_to_the_epoch(w: Worker, steps: int) -> None:
@@ -337,11 +346,12 @@ def _fit_plan_to_the_epoch(w: Worker, steps: int) -> None:
         )
 
 
-def _stopped_by_sweep(w: Worker) -> bool:
-    """A sweep's trial passes an ``epoch_gate`` (``ssl_ray.tune.verdicts.VerdictGate``): rank 0
-    asks it whether the scheduler stopped the trial at the epoch just reported, and every rank
-    follows the answer."""
-    gate = w.setup.epoch_gate
-    if gate is None:
+def _stopped_by_sweep(w: Worker, wait: bool) -> bool:
+    """Whether the sweep's scheduler stopped this trial at the last reported epoch. A trial holds
+    an ``epoch_gate`` (``ssl_ray.tune.verdicts.VerdictGate``) its rank 0 asked after reporting;
+    ``wait=False`` looks whether the answer is in (mid-epoch), ``wait=True`` waits for it
+    (before the next report). Every rank follows rank 0's answer."""
+    if w.setup.epoch_gate is None or w.epoch == 0:
         return False
-    return rank_zero_decides(w.rank == 0 and gate.stop_after(w.epoch), w.device)
+    stop = w.rank == 0 and w.verdict is not None and w.setup.epoch_gate.says_stop(w.verdict, wait)
+    return rank_zero_decides(stop, w.device)

@@ -3,10 +3,18 @@
 Ray Tune stops a trial by ending its actor, which reaches the Ray Train workers of a
 pretraining run only after they have trained on for a while (a short epoch can be over twice
 before the stop lands). Here the scheduler posts its verdict on every reported epoch to a
-small named actor, and the loop's rank 0 waits for the verdict on the epoch it just reported
-before starting the next: a trial ASHA stops after epoch k trains exactly k epochs, and
-closes its own MLflow run. The wait is the scheduler's reaction time, well under a second
-against epochs of minutes.
+small named actor. The loop's rank 0 asks for the verdict on the epoch it just reported and
+trains on while it comes: every few steps it looks whether the answer is in (a stop ends the
+epoch there, unreported), and before reporting the next epoch it waits for it if it is not.
+So a trial ASHA stops after epoch k logs exactly k epochs, each once, and closes its own
+MLflow run; the scheduler's reaction time overlaps with training instead of adding to every
+epoch, and a stopped trial wastes a few steps, not an epoch.
+
+Why not Tune's own stop: with Ray Train inside a trial, Train's controller hands each report
+to Tune through a queue and trains on (``TuneReportCallback``), so the scheduler's STOP reaches
+the workers only when Tune ends the trial's actor, an epoch or two later for short epochs,
+possibly after the next epoch was logged and possibly before the stopped epoch was. Tune has
+no hook to hold Train's next report until the scheduler has decided; this board is that hook.
 """
 
 from __future__ import annotations
@@ -97,11 +105,17 @@ class VerdictFIFO(_PostsVerdicts, FIFOScheduler):
 
 @dataclass(frozen=True)
 class VerdictGate:
-    """What a trial's training loop holds: ``stop_after(epoch)`` waits for the verdict."""
+    """What a trial's training loop holds: ``ask(epoch)`` puts the question without waiting,
+    ``says_stop(question, wait)`` reads the answer (False while it is not in, unless ``wait``)."""
 
     board: str
     trial_id: str
 
-    def stop_after(self, epoch: int) -> bool:
-        verdict = ray.get(ray.get_actor(self.board).wait.remote(self.trial_id, epoch))
-        return bool(verdict)  # None (no verdict in time): carry on
+    def ask(self, epoch: int) -> ray.ObjectRef:
+        return ray.get_actor(self.board).wait.remote(self.trial_id, epoch)
+
+    @staticmethod
+    def says_stop(question: ray.ObjectRef, wait: bool) -> bool:
+        if not wait and not ray.wait([question], timeout=0)[0]:
+            return False
+        return bool(ray.get(question))  # None (no verdict in VERDICT_WAIT_S): carry on
