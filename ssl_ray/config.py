@@ -29,7 +29,7 @@ from ssl_ray.sections import (  # noqa: F401  (the sections, re-exported for the
     TrainConfig,
 )
 from ssl_ray.strict import yaml_problem
-from ssl_ray.views.recipe import MULTI_CROP, TWO_VIEWS, BatchRecipe
+from ssl_ray.views.recipe import MULTI_CROP, BatchRecipe
 
 
 class ConfigError(ValueError):
@@ -82,10 +82,8 @@ class PipelineConfig(Section):
     @model_validator(mode="after")
     def _consistent(self) -> PipelineConfig:
         recipe = self.batch_recipe
-        refusal = recipe.refusal(self.method.name, self.data.channels)
-        if refusal and recipe.crops == TWO_VIEWS and refusal == recipe.crops.refusal(self.augment, self.method.name):
-            takers = ", ".join(sorted(n for n, cls in METHODS.items() if cls.crops == MULTI_CROP))
-            refusal += f". Multi-crop is for {takers}"
+        takers = sorted(name for name, method in METHODS.items() if method.crops == MULTI_CROP)
+        refusal = recipe.refusal(self.method.name, self.data.channels, multi_crop_methods=takers)
         if refusal:
             raise ValueError(refusal)
         if self.model.backbone.startswith("vit"):

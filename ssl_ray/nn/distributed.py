@@ -22,13 +22,14 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
-def rank_zero_decides(flag: bool, device: torch.device) -> bool:
-    """Rank 0's ``flag`` on every rank (a decision only rank 0 can make, that all must follow)."""
+def rank_zero_says(value: int, device: torch.device) -> int:
+    """Rank 0's small integer ``value`` on every rank (a decision only rank 0 can make, that
+    all must follow; exact, a float32 holds it)."""
     if not is_distributed():
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.broadcast(value, src=0)
-    return bool(value.item())
+        return value
+    tensor = torch.tensor([float(value)], device=device)
+    dist.broadcast(tensor, src=0)
+    return int(tensor.item())
 
 
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:

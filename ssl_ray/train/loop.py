@@ -23,7 +23,7 @@ from ssl_ray.methods.base import SSLMethod, TrainingClock
 from ssl_ray.monitors.collapse import effective_rank, normalized_std
 from ssl_ray.monitors.features import extract_features, pixels_as_features
 from ssl_ray.monitors.knn import knn_top1
-from ssl_ray.nn.distributed import all_reduce_mean, all_reduce_no_grad, rank_zero_decides
+from ssl_ray.nn.distributed import all_reduce_mean, all_reduce_no_grad, rank_zero_says
 from ssl_ray.nn.precision import resolve_memory_format, resolve_precision
 from ssl_ray.nn.schedules import warmup_cosine
 from ssl_ray.tracking.mlflow_run import RunTracker
@@ -44,6 +44,7 @@ STOPPED_NO_BATCH = "stopped_no_batch"
 STOPPED_BY_SWEEP = "stopped_by_sweep"
 # A sweep's trial looks for the scheduler's verdict on the last epoch this often (in steps).
 VERDICT_POLL_STEPS = 5
+_NOT_IN, _GO_ON, _STOP = 0, 1, 2  # a sweep's verdict as rank 0 broadcasts it
 # Collapse monitors use the embeddings of the epoch's last few batches (about 1k rows).
 MONITOR_BATCHES = 8
 
@@ -73,6 +74,7 @@ class Worker:
     epoch: int = 0
     step: int = 0
     verdict: Any = None  # rank 0 of a sweep's trial: the question on the last reported epoch
+    verdict_pending: bool = False  # every rank of a trial: that question is not answered yet
 
     def knn(self, encoder: torch.nn.Module, precision: str | None = None) -> float:
         def features(name, what):
@@ -325,8 +327,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             skipped = Counter(ray.get(counter.take.remote())) + Counter(setup.listing_skips)
             metrics.update({f"skipped_{reason}": float(skipped.get(reason, 0)) for reason in SKIP_REASONS})
         _report(w, metrics)
-        if w.rank == 0 and setup.epoch_gate is not None:
-            w.verdict = setup.epoch_gate.ask(w.epoch)  # answered while the next epoch trains
+        if setup.epoch_gate is not None:
+            w.verdict_pending = True
+            if w.rank == 0:
+                w.verdict = setup.epoch_gate.ask(w.epoch)  # answered while the next epoch trains
 
 
 def _fit_plan_to_the_epoch(w: Worker, steps: int) -> None:
@@ -350,8 +354,11 @@ def _stopped_by_sweep(w: Worker, wait: bool) -> bool:
     """Whether the sweep's scheduler stopped this trial at the last reported epoch. A trial holds
     an ``epoch_gate`` (``ssl_ray.tune.verdicts.VerdictGate``) its rank 0 asked after reporting;
     ``wait=False`` looks whether the answer is in (mid-epoch), ``wait=True`` waits for it
-    (before the next report). Every rank follows rank 0's answer."""
-    if w.setup.epoch_gate is None or w.epoch == 0:
+    (before the next report). Every rank follows rank 0's answer; once it is in, or with no
+    question put since the start or the resume, nobody asks again (no collective)."""
+    if w.setup.epoch_gate is None or not w.verdict_pending:
         return False
-    stop = w.rank == 0 and w.verdict is not None and w.setup.epoch_gate.says_stop(w.verdict, wait)
-    return rank_zero_decides(stop, w.device)
+    answer = w.setup.epoch_gate.answer(w.verdict, wait) if w.rank == 0 else None
+    said = rank_zero_says({None: _NOT_IN, False: _GO_ON, True: _STOP}[answer], w.device)
+    w.verdict_pending = said == _NOT_IN
+    return said == _STOP

@@ -106,7 +106,8 @@ class VerdictFIFO(_PostsVerdicts, FIFOScheduler):
 @dataclass(frozen=True)
 class VerdictGate:
     """What a trial's training loop holds: ``ask(epoch)`` puts the question without waiting,
-    ``says_stop(question, wait)`` reads the answer (False while it is not in, unless ``wait``)."""
+    ``answer(question, wait)`` reads it: stop or not, or None while it is not in (never with
+    ``wait``)."""
 
     board: str
     trial_id: str
@@ -115,7 +116,7 @@ class VerdictGate:
         return ray.get_actor(self.board).wait.remote(self.trial_id, epoch)
 
     @staticmethod
-    def says_stop(question: ray.ObjectRef, wait: bool) -> bool:
+    def answer(question: ray.ObjectRef, wait: bool) -> bool | None:
         if not wait and not ray.wait([question], timeout=0)[0]:
-            return False
+            return None
         return bool(ray.get(question))  # None (no verdict in VERDICT_WAIT_S): carry on

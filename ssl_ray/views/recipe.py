@@ -11,6 +11,7 @@ new kind of batch is a new part, not a change to either.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -47,7 +48,9 @@ class Crops:
 
     kind: Literal["two", "multi"] = "two"
 
-    def refusal(self, augment: AugmentConfig, method: str) -> str | None:
+    def refusal(self, augment: AugmentConfig, method: str, multi_crop_methods: Sequence[str] = ()) -> str | None:
+        """Why ``augment`` cannot make these views for ``method``; a two-view refusal names
+        ``multi_crop_methods``, the ones that would take the views asked for."""
         if self.kind == "multi":
             if augment.global_crops < 2:
                 return f"augment.global_crops: {method} predicts across global crops, needs at least 2"
@@ -56,7 +59,7 @@ class Crops:
             return (
                 f"augment.global_crops / augment.local_crops: {method} takes two views (2 global crops, 0 local); "
                 f"got {augment.global_crops} + {augment.local_crops}"
-            )
+            ) + (f". Multi-crop is for {', '.join(multi_crop_methods)}" if multi_crop_methods else "")
         return None
 
 
@@ -80,9 +83,9 @@ class BatchRecipe:
     def num_views(self) -> int:
         return self.augment.num_views
 
-    def refusal(self, method: str, channels: int) -> str | None:
+    def refusal(self, method: str, channels: int, multi_crop_methods: Sequence[str] = ()) -> str | None:
         """Why these views cannot make this method's batch (naming the field), or None."""
-        problems = [self.crops.refusal(self.augment, method)]
+        problems = [self.crops.refusal(self.augment, method, multi_crop_methods)]
         problems += [part.refusal(self.augment, channels) for part in self.parts]
         return next((p for p in problems if p), None)
 

@@ -110,9 +110,14 @@ class DeviceViews(nn.Module):
     def colour(self, view: int, images: torch.Tensor) -> torch.Tensor:
         """View ``view``'s colour recipe on uint8 images (..., C, S, S); a recipe part's images
         (N, k, C, S, S) take view 0's, every image its own draw."""
-        flat = images.reshape(-1, *images.shape[-3:]).float().div_(255.0)
-        # Clamped as the uint8 path is: the blur's float sums can overshoot 1 by an ulp.
-        return self.transforms[view](flat).clamp_(0.0, 1.0).reshape(images.shape)
+        return coloured(self.transforms[view], images)
+
+
+def coloured(transform: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """``transform`` (a colour recipe) on uint8 images (..., C, S, S), as floats in [0, 1] of
+    the same shape; every image its own draw. Clamped: the blur's float sums can overshoot 1."""
+    flat = images.reshape(-1, *images.shape[-3:]).float().div_(255.0)
+    return transform(flat).clamp_(0.0, 1.0).reshape(images.shape)
 
 
 class ViewMaker:
@@ -168,11 +173,9 @@ class ViewMaker:
             parts = {name: value for part in self.parts for name, value in part.make(crops, boxes).items()}
             if self.colours is None:
                 return crops, parts
-            views = [_to_uint8(colour(c.float().div_(255.0))) for colour, c in zip(self.colours, crops, strict=True)]
-            for part in self.parts:
-                for name in part.image_columns:
-                    flat = parts[name].reshape(-1, *parts[name].shape[-3:]).float().div_(255.0)
-                    parts[name] = _to_uint8(self.colours[0](flat)).reshape(parts[name].shape)
+            views = [_to_uint8(coloured(colour, c)) for colour, c in zip(self.colours, crops, strict=True)]
+            for name in (name for part in self.parts for name in part.image_columns):
+                parts[name] = _to_uint8(coloured(self.colours[0], parts[name]))
         return views, parts
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
