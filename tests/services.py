@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -22,9 +23,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _serve(command: list[str], log: Path, ready: Callable[[], bool], env: dict | None = None) -> subprocess.Popen:
+def _serve(
+    command: list[str], log: Path, ready: Callable[[], bool], env: dict | None = None, new_session: bool = False
+) -> subprocess.Popen:
     """Start ``command`` and wait until ``ready()``; on failure, raise with its log's tail."""
-    process = subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
+    process = subprocess.Popen(
+        command, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, start_new_session=new_session
+    )
     deadline = time.time() + 90
     while True:
         try:
@@ -33,7 +38,7 @@ def _serve(command: list[str], log: Path, ready: Callable[[], bool], env: dict |
         except OSError:
             pass
         if process.poll() is not None or time.time() > deadline:
-            process.kill()
+            stop_process_group(process) if new_session else process.kill()
             raise RuntimeError(f"{command[0]} did not start: {log.read_text()[-2000:]}")
         time.sleep(0.3)
 
@@ -77,3 +82,57 @@ def start_mlflow(root: Path) -> tuple[subprocess.Popen, str]:
         "1",
     ]
     return _serve(command, root / "server.log", ready), uri
+
+
+def start_ray_head(root: Path, num_cpus: int = 2) -> tuple[subprocess.Popen, dict[str, str]]:
+    """A Ray head node on 127.0.0.1 (``ray start --head --block``, no dashboard), token
+    authenticated; returns the process and the environment a driver joins it with."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "RAY_DISABLE_USAGE_STATS": "1",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": os.urandom(16).hex(),
+    }
+    env.pop("RAY_ADDRESS", None)
+    ray = str(Path(sys.executable).with_name("ray"))
+    address = f"127.0.0.1:{port}"
+
+    def ready() -> bool:
+        status = [ray, "status", "--address", address]
+        return subprocess.run(status, env=env, capture_output=True, timeout=30).returncode == 0
+
+    command = [
+        ray,
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        f"--port={port}",
+        f"--num-cpus={num_cpus}",
+        "--num-gpus=0",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+        f"--temp-dir={root}",
+    ]
+    # Its own session, so that stopping it (``stop_process_group``) takes the raylet, the GCS
+    # and every worker they started with it.
+    process = _serve(command, root / "head.log", ready, env, new_session=True)
+    return process, {**env, "RAY_ADDRESS": address}
+
+
+def stop_process_group(process: subprocess.Popen, grace_s: float = 0) -> None:
+    """Ends ``process``'s session (started with ``new_session``): SIGTERM and up to ``grace_s``
+    for it to exit, then SIGKILL to whatever of the session is left. A Ray head given SIGTERM
+    drains for 30 s before it stops its processes; at the end of the tests there is nothing to
+    drain, so it gets no grace."""
+    signals = [signal.SIGTERM, signal.SIGKILL] if grace_s else [signal.SIGKILL]
+    for sig in signals:
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=grace_s or 10)
+        except subprocess.TimeoutExpired:
+            pass
