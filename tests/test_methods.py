@@ -16,7 +16,7 @@ from ssl_ray.monitors.collapse import effective_rank, normalized_std
 from ssl_ray.nn.schedules import cosine_momentum
 from ssl_ray.train.build import build_method
 from ssl_ray.train.optim import build_optimizer, param_groups
-from ssl_ray.views.recipe import MULTI_CROP, Batch
+from ssl_ray.views.recipe import Batch
 
 # Small sizes for every method that has the field; the rest ignore them.
 SMALL = {
@@ -28,18 +28,28 @@ SMALL = {
     "num_prototypes": 64,
     "out_dim": 64,
     "bottleneck_dim": 16,
+    "tile_dim": 16,
+    "hidden_dim": 32,
+}
+
+
+# The views each kind of method takes: multi-crop with two global and two local crops, to
+# exercise both; the pretext tasks' one crop at 48 px, for tiles a small encoder can read.
+AUGMENT_FOR = {
+    "two": {},
+    "multi": {"local_crops": 2, "local_image_size": 12},
+    "one": {"global_crops": 1, "image_size": 48},
 }
 
 
 def small_config(name, tmp_path, **method):
     fields = method_fields(name)
-    multi_crop = METHODS[name].crops == MULTI_CROP  # two global and two local crops, to exercise both
     return config_from_dict(
         {
             "method": {"name": name, **{k: v for k, v in SMALL.items() if k in fields}, **method},
             "data": {"path": str(tmp_path)},
             "model": {"width": 8, "blocks": [1, 1, 1, 1]},
-            "augment": {"local_crops": 2, "local_image_size": 12} if multi_crop else {},
+            "augment": AUGMENT_FOR[METHODS[name].crops.kind],
         }
     )
 

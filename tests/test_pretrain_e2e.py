@@ -93,13 +93,15 @@ def test_pretrain_checkpoint_resume_and_mlflow(tmp_path, mlflow_server, fashion_
 def _slow_if_covered(method: str):
     # Kept in the default run: DINO (multi-crop views through Ray Data, an EMA teacher, the
     # centre, the first-epoch freeze and the teacher-temperature clock, through a resume on 2
-    # workers). Outside it (``pytest -m slow``), to keep the suite in its time: every other
+    # workers) and Jigsaw (a one-view recipe whose batch parts, shuffled tiles and their
+    # permutation labels, are made and coloured in Ray Data and reach the method through the
+    # loop; RotNet's and relative location's parts take the same path). Outside it (``pytest -m slow``), to keep the suite in its time: every other
     # method, each unit-tested on its own (test_methods: loss falls, gradients reach the online
     # network only, EMA targets, queues, frozen layers, collapse monitors on a short run; the
     # losses against hand computations and on 2 gloo workers), and whose path through Ray Train
     # is SimCLR's or DINO's (the loop does not branch on which method runs). MoCo v2's queue and
     # shuffle-BN are unit-tested on 2 gloo workers (test_queue), its checkpointed queue too.
-    return method if method == "dino" else pytest.param(method, marks=pytest.mark.slow)
+    return method if method in ("dino", "jigsaw") else pytest.param(method, marks=pytest.mark.slow)
 
 
 # SimCLR is covered below in full, and the supervised method by the evaluation's fine-tuning

@@ -45,3 +45,15 @@ class MomentumTarget(MethodParams):
 class Labelled(MethodParams):
     # Methods trained on labels with a classifier: its classes; None = the data's.
     num_classes: int | None = Field(default=None, gt=1)
+
+
+class TileParams(MethodParams):
+    """The pretext tasks on tiles of an image (Jigsaw, relative location, PIRL): encoded one by
+    one, fused late (``nn.heads.TileFusion``)."""
+
+    # A tile's side as a fraction of its cell's: the rest is the gap and the jitter.
+    tile_fraction: float = Field(default=0.85, gt=0.0, le=1.0)
+    # Each tile's features projected to this (the papers' per-tile fc6) ...
+    tile_dim: int = Field(default=128, gt=0)
+    # ... and the concatenation through a hidden layer this wide (their fc7).
+    hidden_dim: int = Field(default=512, gt=0)

@@ -65,3 +65,21 @@ class DINOHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.last_layer(F.normalize(self.mlp(x), dim=-1))
+
+
+class TileFusion(nn.Module):
+    """Late fusion of tiles encoded one by one by the shared encoder (the "siamese" networks of
+    Doersch et al. 2015, Fig. 3, and Noroozi & Favaro 2016, Fig. 3): each tile's features
+    through the same linear layer to ``tile_dim`` (their fc6), concatenated in the tiles'
+    order, then ``mlp([tiles * tile_dim, *head_dims])`` (fc7, fc8). Features (N, T, D)."""
+
+    def __init__(self, feature_dim: int, tiles: int, tile_dim: int, head_dims: list[int]) -> None:
+        super().__init__()
+        self.per_tile = nn.Sequential(
+            nn.Linear(feature_dim, tile_dim, bias=False), nn.BatchNorm1d(tile_dim), nn.ReLU(inplace=True)
+        )
+        self.head = mlp([tiles * tile_dim, *head_dims])
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        n, tiles, dim = features.shape
+        return self.head(self.per_tile(features.reshape(n * tiles, dim)).view(n, -1))

@@ -72,3 +72,96 @@ class RotatedCopies(RecipePart):
 
     def __repr__(self) -> str:
         return f"RotatedCopies(copies={self.copies})"
+
+
+def grid_tiles(view: torch.Tensor, grid: int, tile_fraction: float) -> torch.Tensor:
+    """``view`` (N, C, S, S) cut into ``grid`` x ``grid`` cells, row by row; from each cell a
+    square tile of ``tile_fraction`` of the cell's side at a random offset inside it, drawn per
+    image and tile: (N, grid * grid, C, t, t). The gaps and the jitter keep a network from
+    solving the pretext task by matching edges and lines across tiles (Doersch et al. 2015,
+    Sec. 3; Noroozi & Favaro 2016, Sec. 3.1: 64 px tiles in 75 px cells)."""
+    n, _, size, _ = view.shape
+    cell = size // grid
+    tile = max(1, int(cell * tile_fraction))
+    cells = torch.arange(grid * grid)
+    offsets = torch.randint(0, cell - tile + 1, (2, n, grid * grid))
+    rows = ((cells // grid) * cell + offsets[0])[..., None] + torch.arange(tile)  # (N, g*g, t)
+    cols = ((cells % grid) * cell + offsets[1])[..., None] + torch.arange(tile)
+    images = torch.arange(n)[:, None, None, None]
+    # Indices on both sides of the channel slice: their dimensions come first, (N, g*g, t, t, C).
+    return view[images, :, rows[..., :, None], cols[..., None, :]].permute(0, 1, 4, 2, 3).contiguous()
+
+
+class ShuffledTiles(RecipePart):
+    """``tiles`` (N, g*g, C, t, t): view 0's grid of tiles (``grid_tiles``) in the order of
+    one of ``permutations`` (P, g*g), drawn per image, and ``permutation`` (N,) int64: its
+    index, the label Jigsaw classifies (Noroozi & Favaro 2016, Sec. 3): tile ``i`` of the
+    batch is the image's tile ``permutations[p][i]``."""
+
+    columns = ("tiles", "permutation")
+    image_columns = ("tiles",)
+
+    def __init__(self, permutations: torch.Tensor, grid: int = 3, tile_fraction: float = 0.85) -> None:
+        if permutations.ndim != 2 or permutations.shape[1] != grid * grid:
+            raise ValueError(
+                f"shuffled tiles: permutations of the {grid * grid} tiles, got {tuple(permutations.shape)}"
+            )
+        self.permutations, self.grid, self.tile_fraction = permutations.long(), grid, tile_fraction
+
+    def make(self, crops: list[torch.Tensor], boxes: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        tiles = grid_tiles(crops[0], self.grid, self.tile_fraction)
+        chosen = torch.randint(0, len(self.permutations), (tiles.shape[0],))
+        order = self.permutations[chosen]  # (N, g*g)
+        return {"tiles": tiles[torch.arange(tiles.shape[0])[:, None], order], "permutation": chosen}
+
+    def refusal(self, augment: AugmentConfig, channels: int) -> str | None:
+        return _tiles_fit(augment, self.grid, self.tile_fraction)
+
+    def __repr__(self) -> str:
+        return f"ShuffledTiles({len(self.permutations)} permutations, grid={self.grid}, tile={self.tile_fraction})"
+
+
+# The 8 neighbours of the centre of a 3 x 3 grid, as Doersch et al. 2015 number them (Fig. 2:
+# row by row, the centre left out): the label ``location`` is the index into this list.
+NEIGHBOURS = (0, 1, 2, 3, 5, 6, 7, 8)
+
+
+class NeighbourPatches(RecipePart):
+    """``patches`` (N, 2, C, t, t): view 0's centre tile and one of its 8 neighbours from a
+    3 x 3 grid with gaps and jitter (``grid_tiles``), and ``location`` (N,) int64: which
+    neighbour (0-7, ``NEIGHBOURS``), the label relative patch location classifies (Doersch et
+    al. 2015, Sec. 3: 96 px patches half a patch apart, tile_fraction 2/3)."""
+
+    columns = ("patches", "location")
+    image_columns = ("patches",)
+
+    def __init__(self, tile_fraction: float = 2 / 3) -> None:
+        self.tile_fraction = tile_fraction
+
+    def make(self, crops: list[torch.Tensor], boxes: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        tiles = grid_tiles(crops[0], 3, self.tile_fraction)
+        location = torch.randint(0, len(NEIGHBOURS), (tiles.shape[0],))
+        neighbour = torch.tensor(NEIGHBOURS)[location]
+        rows = torch.arange(tiles.shape[0])
+        return {"patches": torch.stack([tiles[:, 4], tiles[rows, neighbour]], dim=1), "location": location}
+
+    def refusal(self, augment: AugmentConfig, channels: int) -> str | None:
+        return _tiles_fit(augment, 3, self.tile_fraction)
+
+    def __repr__(self) -> str:
+        return f"NeighbourPatches(tile={self.tile_fraction})"
+
+
+# The encoder's small stem and four stages halve a tile three times; below this it sees a pixel.
+MIN_TILE = 8
+
+
+def _tiles_fit(augment: AugmentConfig, grid: int, tile_fraction: float) -> str | None:
+    tile = int(augment.image_size // grid * tile_fraction)
+    if tile < MIN_TILE:
+        need = next(s for s in range(augment.image_size, 10_000) if int(s // grid * tile_fraction) >= MIN_TILE)
+        return (
+            f"augment.image_size: {augment.image_size} px views give {tile} px tiles ({grid} x {grid} grid, "
+            f"{tile_fraction:.2f} of a cell), below {MIN_TILE}; use at least {need}"
+        )
+    return None

@@ -43,10 +43,11 @@ class Batch:
 
 @dataclass(frozen=True)
 class Crops:
-    """Which views a method takes: ``two`` (exactly two global crops, no local ones) or
-    ``multi`` (two or more global crops and any number of local ones; SwAV, DINO)."""
+    """Which views a method takes: ``two`` (exactly two global crops, no local ones),
+    ``multi`` (two or more global crops and any number of local ones; SwAV, DINO) or ``one``
+    (a single crop, the image its recipe parts are cut from: the pretext tasks)."""
 
-    kind: Literal["two", "multi"] = "two"
+    kind: Literal["one", "two", "multi"] = "two"
 
     def refusal(self, augment: AugmentConfig, method: str, multi_crop_methods: Sequence[str] = ()) -> str | None:
         """Why ``augment`` cannot make these views for ``method``; a two-view refusal names
@@ -54,6 +55,13 @@ class Crops:
         if self.kind == "multi":
             if augment.global_crops < 2:
                 return f"augment.global_crops: {method} predicts across global crops, needs at least 2"
+            return None
+        if self.kind == "one":
+            if augment.num_views != 1:
+                return (
+                    f"augment.global_crops / augment.local_crops: {method} takes one view (1 global crop, 0 local); "
+                    f"got {augment.global_crops} + {augment.local_crops}"
+                )
             return None
         if augment.num_views != 2:
             return (
@@ -63,6 +71,7 @@ class Crops:
         return None
 
 
+ONE_VIEW = Crops("one")
 TWO_VIEWS = Crops("two")
 MULTI_CROP = Crops("multi")
 
