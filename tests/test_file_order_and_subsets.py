@@ -243,3 +243,39 @@ def test_held_out_labels_name_the_training_sets_classes(folders, tmp_path, fashi
     data = build_pretrain_data(folder_config(train, val))
     labels = np.concatenate([b["label"] for b in data.knn_query.iter_batches(batch_size=None, batch_format="numpy")])
     assert sorted(set(labels.tolist())) == [3, 7, 9] and data.num_classes == CLASSES
+
+
+def test_every_source_numbers_its_training_rows_for_a_per_image_memory(
+    folders, sorted_shards, fashion_mnist_dir, local_ray
+):
+    """A method with a per-image memory (PIRL's bank) gets each row's ``sample_index``: one
+    pass is a permutation of 0..n-1, an index names the same image in every pass (its label
+    is the same), and the memory is sized by the data before any worker starts."""
+    from ssl_ray.data import fashion_mnist
+    from ssl_ray.train.trainer import _sized_by_the_data
+
+    train, _ = folders
+    pirl = {"method": {"name": "pirl"}, "augment": {"global_crops": 1, "image_size": 30}}
+    sources = {
+        "images": folder_config(train, data={"train_subset": 120}, **pirl),
+        "parquet": config_from_dict(
+            {"data": {"source": "parquet", "path": str(sorted_shards), "channels": 1, "train_subset": 120}, **pirl}
+        ),
+        "fashion_mnist": config_from_dict({"data": {"path": str(fashion_mnist_dir), "train_subset": 120}, **pirl}),
+    }
+    for kind, config in sources.items():
+        data = build_pretrain_data(config)
+        assert _sized_by_the_data(config, data).method.num_samples == data.train_size == 120, kind
+        passes = []
+        for _ in range(2):
+            rows = list(data.train.iter_batches(batch_size=None, batch_format="numpy"))
+            index = np.concatenate([r["sample_index"] for r in rows])
+            labels = np.concatenate([r["label"] for r in rows])
+            assert sorted(index.tolist()) == list(range(120)), kind
+            passes.append(dict(zip(index.tolist(), labels.tolist())))
+        assert passes[0] == passes[1], kind  # the same image under the same index
+        assert list(passes[0]) != sorted(passes[0]), kind  # in a shuffled order
+        if kind == "fashion_mnist":
+            split = fashion_mnist.load_split(fashion_mnist_dir, "train")
+            kept = Selection(size=120, seed=config.train.seed).rows(split.labels, str(fashion_mnist_dir))
+            assert [passes[0][i] for i in range(120)] == split.labels[kept].tolist()

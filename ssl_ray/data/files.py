@@ -48,6 +48,7 @@ from ssl_ray.data.objectstore import StoredFile, describe_failure, filesystem_fo
 from ssl_ray.data.order import ShuffledUnits, units_per_task
 from ssl_ray.data.subsets import EVERY_ROW, Selection
 from ssl_ray.sections import DataConfig, StorageConfig
+from ssl_ray.views.parts import SAMPLE_INDEX
 
 FILES_PER_TASK = 64
 FETCH_THREADS = 16
@@ -182,13 +183,14 @@ def image_index(url: str, storage: StorageConfig) -> ImageIndex:
     return ImageIndex(tuple(kept), folder_labels(kept, root, classes), classes, skipped)
 
 
-def _read_images(units: list[tuple[str, int]], filesystem, channels: int, size: int, counter) -> Iterator[dict]:
-    paths = [path for path, _ in units]
+def _read_images(units: list[tuple[str, int, int]], filesystem, channels: int, size: int, counter) -> Iterator[dict]:
+    paths = [path for path, _, _ in units]
     kept, images, _, skipped = fetch_and_decode(filesystem, paths, channels, size)
     count_skips(counter, len(kept), skipped)
     yield {
         "image": images,
         "label": np.array([units[i][1] for i in kept], dtype=np.int64),
+        SAMPLE_INDEX: np.array([units[i][2] for i in kept], dtype=np.int64),
         "path": np.array([paths[i] for i in kept], dtype=object),
     }
 
@@ -207,7 +209,7 @@ def image_files(
         raise DataSourceError(f"{url}: none of the {sum(index.skipped.values())} files is a decodable image")
     filesystem, _ = filesystem_for(url, storage.endpoint_url, storage.region)
     chosen = selection.rows(index.labels, url)
-    units = [(index.paths[i], int(index.labels[i])) for i in chosen]
+    units = [(index.paths[i], int(index.labels[i]), position) for position, i in enumerate(chosen)]
     read = functools.partial(_read_images, filesystem=filesystem, channels=channels, size=size, counter=counter)
     rows = [1] * len(units)
     source = ShuffledUnits(
@@ -219,7 +221,7 @@ def image_files(
         index.classes,
         index.labels[chosen],
         len(index.paths),
-        tuple(path for path, _ in units) if selection.label_fraction is not None else (),
+        tuple(path for path, _, _ in units) if selection.label_fraction is not None else (),
         dict(index.skipped),
     )
 
@@ -319,7 +321,8 @@ def _decode_rows(records: pa.Table, channels, size, image_column, label_column, 
     else:
         labels = np.full(len(kept), -1, dtype=np.int64)
     count_skips(counter, len(kept), skipped)
-    return {"image": images, "label": labels}
+    sample_index = records.column(SAMPLE_INDEX).to_numpy()[kept]
+    return {"image": images, "label": labels, SAMPLE_INDEX: sample_index}
 
 
 def decode_slice_rows(size: int, channels: int) -> int:
@@ -334,7 +337,7 @@ def _read_groups(units, filesystem, columns, counter, shuffle: bool, **decode) -
     random order when training reads them), decoded a slice at a time. A group that cannot be
     read counts its rows as unreadable."""
     tables = []
-    for shard, group, first, positions, rows in units:
+    for shard, group, first, positions, rows, sample_start in units:
         try:
             with filesystem.open_input_file(shard) as handle:
                 table = pq.ParquetFile(handle).read_row_group(group, columns=list(columns))
@@ -350,6 +353,8 @@ def _read_groups(units, filesystem, columns, counter, shuffle: bool, **decode) -
             else pa.array([f"{shard} row {row}" for row in offsets], type=pa.string())
         )
         table = table.select([c for c in table.column_names if c != "path"]).append_column("path", names)
+        # The rows' places in the selection: the chosen rows are sorted, a unit's contiguous.
+        table = table.append_column(SAMPLE_INDEX, pa.array(np.arange(sample_start, sample_start + table.num_rows)))
         tables.append(table)
     if not tables:
         return
@@ -363,14 +368,16 @@ def _read_groups(units, filesystem, columns, counter, shuffle: bool, **decode) -
 
 def _units_from_rows(index: ShardIndex, chosen: np.ndarray) -> list[tuple]:
     """The chosen rows (sorted indices into ``index.labels``) as row-group units:
-    ``(shard, group, first row, positions in the group or None for all, rows)``."""
+    ``(shard, group, first row, positions in the group or None for all, rows, sample index
+    of the unit's first row)``: the selection's rows are numbered 0..n-1 in listing order."""
     group_of = index.group_of(chosen)
-    units = []
+    units, taken = [], 0
     for g in np.unique(group_of):
         shard, group, first, rows = index.groups[g]
         positions = chosen[group_of == g] - index.starts[g]
         whole = len(positions) == rows
-        units.append((shard, group, first, None if whole else positions.tolist(), len(positions)))
+        units.append((shard, group, first, None if whole else positions.tolist(), len(positions), taken))
+        taken += len(positions)
     return units
 
 
@@ -411,7 +418,7 @@ def parquet_shards(
     units = _units_from_rows(index, chosen)
     if selection.shuffle_seed is not None:
         _warn_if_unmixable(url, index)
-    rows = [unit[-1] for unit in units]
+    rows = [unit[4] for unit in units]
     # Shards sorted by class: mixing comes first, ROWS_PER_TASK rows of many groups a task.
     sorted_by_class = _rows_in_single_class_groups(index) > len(index.labels) / 2
     per_task = units_per_task(rows, ROWS_PER_TASK, spread_over_cpus=not sorted_by_class)

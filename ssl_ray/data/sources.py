@@ -17,19 +17,21 @@ from ssl_ray.config import PipelineConfig
 from ssl_ray.data import fashion_mnist, files
 from ssl_ray.data.errors import DataSourceError
 from ssl_ray.data.subsets import Selection, stratified_sample
+from ssl_ray.views.parts import SAMPLE_INDEX
 from ssl_ray.views.recipe import BatchRecipe
 
 ROWS_PER_BLOCK = 2048
 
 
 def from_arrays(images: np.ndarray, labels: np.ndarray) -> ray.data.Dataset:
-    """In-memory images and labels as a dataset of several blocks (so shuffles and the
-    worker split have something to work with)."""
+    """In-memory images and labels (and each row's ``sample_index``, its place here) as a
+    dataset of several blocks (so shuffles and the worker split have something to work with)."""
     tables = [
         pa.table(
             {
                 "image": ArrowTensorArray.from_numpy(np.ascontiguousarray(images[i : i + ROWS_PER_BLOCK])),
                 "label": pa.array(labels[i : i + ROWS_PER_BLOCK]),
+                SAMPLE_INDEX: pa.array(np.arange(i, min(i + ROWS_PER_BLOCK, len(images)), dtype=np.int64)),
             }
         )
         for i in range(0, len(images), ROWS_PER_BLOCK)
@@ -91,8 +93,8 @@ def _fashion_mnist(config: PipelineConfig, stage: str) -> PretrainData:
     pretrain = from_arrays(train.images[kept], train.labels[kept])
     return PretrainData(
         train=with_views(pretrain.randomize_block_order(), config.batch_recipe, data.channels, stage),
-        knn_bank=from_arrays(train.images[bank], train.labels[bank]),
-        knn_query=from_arrays(test.images[query], test.labels[query]),
+        knn_bank=from_arrays(train.images[bank], train.labels[bank]).select_columns(["image", "label"]),
+        knn_query=from_arrays(test.images[query], test.labels[query]).select_columns(["image", "label"]),
         train_size=len(kept),
         num_classes=len(fashion_mnist.CLASSES),
         label_subset=[str(i) for i in kept] if data.label_fraction is not None else None,
@@ -152,7 +154,9 @@ def _from_files(config: PipelineConfig, counter, stage: str) -> PretrainData:
             # The bank: labelled training images without views (its own read; never counted).
             bank = _read(data.path, data.source, config, Selection(e.knn_bank_size, seed))
     return PretrainData(
-        train=with_views(train.dataset.select_columns(["image", "label"]), config.batch_recipe, data.channels, stage),
+        train=with_views(
+            train.dataset.select_columns(["image", "label", SAMPLE_INDEX]), config.batch_recipe, data.channels, stage
+        ),
         knn_bank=bank.dataset.select_columns(["image", "label"]) if bank else None,
         knn_query=query.dataset.select_columns(["image", "label"]) if query else None,
         train_size=train.size,
@@ -208,8 +212,8 @@ def build_eval_data(
         bank = stratified_sample(train.labels, train_size, seed)
         query = stratified_sample(test.labels, test_size, seed)
         return EvalData(
-            train=from_arrays(train.images[bank], train.labels[bank]),
-            test=from_arrays(test.images[query], test.labels[query]),
+            train=from_arrays(train.images[bank], train.labels[bank]).select_columns(["image", "label"]),
+            test=from_arrays(test.images[query], test.labels[query]).select_columns(["image", "label"]),
             classes=tuple(fashion_mnist.CLASSES),
             train_count=len(train.labels),
         )

@@ -57,3 +57,11 @@ class TileParams(MethodParams):
     tile_dim: int = Field(default=128, gt=0)
     # ... and the concatenation through a hidden layer this wide (their fc7).
     hidden_dim: int = Field(default=512, gt=0)
+
+
+class PerSample(MethodParams):
+    """Methods that keep something per training image (PIRL's memory bank)."""
+
+    # The training set's size: the rows of that memory. None: the data's, set before any
+    # worker starts (``train.trainer``), as ``num_classes`` is for a labelled method.
+    num_samples: int | None = Field(default=None, gt=0)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_ray.nn.distributed import gather_no_grad, gather_with_grad, rank
+from ssl_ray.nn.distributed import all_reduce_mean, gather_no_grad, gather_with_grad, rank
 
 
 def in_fp32(forward):
@@ -204,3 +205,40 @@ class NegativeCosineLoss(nn.Module):
         _check_pair(p, z)
         z = z.detach() if self.stop_gradient else z
         return -F.cosine_similarity(p.float(), z.float(), dim=1).mean()
+
+
+class MemoryNCELoss(nn.Module):
+    """Noise-contrastive estimation against a memory bank (NPID, Wu et al. 2018, Eqs. 2-6; PIRL,
+    Misra & van der Maaten 2020, Eq. 3 with the bank of Eq. 4).
+
+    With unit vectors and ``P(i | v) = exp(v . m_i / tau) / Z``, each pair is classified as data
+    or noise, noise being K negatives drawn uniformly from the n memories (``P_n = 1 / n``):
+    ``h(i, v) = P(i | v) / (P(i | v) + K / n)``, and
+
+        L = -log h(positive, v) - sum_k log(1 - h(negative_k, v)),
+
+    averaged over the batch. Z is estimated once, from the first batch's negatives, as NPID
+    does (``Z = n * mean_k exp(v . m_k / tau)``, averaged over workers), then held: it is a
+    buffer, so a resumed run keeps it. PIRL's Eq. 3 writes h without Z; its code (VISSL's
+    ``nce_loss_with_memory``) normalises as here. Computed in log space: ``h = sigmoid(log P -
+    log(K / n))``."""
+
+    def __init__(self, temperature: float, dataset_size: int) -> None:
+        super().__init__()
+        _check_temperature(temperature)
+        self.temperature, self.dataset_size = temperature, dataset_size
+        self.register_buffer("log_normaliser", torch.full((), float("nan")))
+
+    @in_fp32
+    def forward(self, v: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        """``v`` (N, D), ``positives`` (N, D): each row's memory; ``negatives`` (K, D). Unit vectors."""
+        _check_pair(v, positives)
+        positive = (v * positives).sum(dim=1) / self.temperature  # (N,)
+        negative = v @ negatives.T / self.temperature  # (N, K)
+        if torch.isnan(self.log_normaliser):
+            with torch.no_grad():
+                estimate = all_reduce_mean(negative.exp().mean()) * self.dataset_size
+                self.log_normaliser.fill_(float(estimate.log()))
+        noise = math.log(negatives.shape[0] / self.dataset_size)  # log(K P_n) = log(K / n)
+        offset = self.log_normaliser + noise
+        return (F.softplus(offset - positive) + F.softplus(negative - offset).sum(dim=1)).mean()

@@ -21,7 +21,7 @@ from ssl_ray.data.errors import DataSourceError, warn
 from ssl_ray.data.skips import SkipCounter
 from ssl_ray.data.sources import PretrainData, build_pretrain_data, check_data_locations
 from ssl_ray.methods import METHODS
-from ssl_ray.methods.params import Labelled
+from ssl_ray.methods.params import Labelled, PerSample
 from ssl_ray.monitors.knn import k_for_bank
 from ssl_ray.tracking.epoch_log import EpochMetricsLogger
 from ssl_ray.tracking.mlflow_run import RunTracker, resolve_tracking_uri
@@ -60,16 +60,26 @@ def _use_gpu(config: PipelineConfig) -> bool:
     return bool(config.train.use_gpu)
 
 
-def _with_label_classes(config: PipelineConfig, num_classes: int) -> PipelineConfig:
-    """A label-trained method gets its class count from the data; data without labels is
-    refused before any worker starts."""
-    if not METHODS[config.method.name].uses_labels:
-        return config
-    if num_classes < 2:
-        raise ConfigError(f"method {config.method.name} trains on labels, and {config.data.path} has none")
-    if isinstance(config.method, Labelled) and config.method.num_classes is None:  # sized by the data
-        return config.model_copy(update={"method": config.method.model_copy(update={"num_classes": num_classes})})
-    return config
+def _sized_by_the_data(config: PipelineConfig, data: PretrainData) -> PipelineConfig:
+    """What a method sizes by the data, set before any worker starts: a label-trained method's
+    class count (data without labels is refused), a per-image memory's rows (the training
+    set's size: every ``sample_index`` is below it). A size the pipeline gives is kept, and
+    checked: a memory smaller than the data would be indexed past its end."""
+    method, sized = config.method, {}
+    if METHODS[method.name].uses_labels:
+        if data.num_classes < 2:
+            raise ConfigError(f"method {method.name} trains on labels, and {config.data.path} has none")
+        if isinstance(method, Labelled) and method.num_classes is None:
+            sized["num_classes"] = data.num_classes
+    if isinstance(method, PerSample):
+        if method.num_samples is None:
+            sized["num_samples"] = data.train_size
+        elif method.num_samples < data.train_size:
+            raise ConfigError(
+                f"method.num_samples: {method.num_samples} is fewer than the {data.train_size} training images "
+                "(leave it unset: it is the data's)"
+            )
+    return config.model_copy(update={"method": method.model_copy(update=sized)}) if sized else config
 
 
 def _fit_to_the_data(config: PipelineConfig, data: PretrainData) -> int:
@@ -224,7 +234,7 @@ def _prepare_data(run: _Run) -> None:
     run.augment_on_device = config.augment.on == "device" or (config.augment.on == "auto" and run.use_gpu)
     run.skips = SkipCounter.remote() if config.data.source != "fashion_mnist" else None
     run.data = build_pretrain_data(config, counter=run.skips, augment_on_device=run.augment_on_device)
-    run.config = _with_label_classes(config, run.data.num_classes)
+    run.config = _sized_by_the_data(config, run.data)
     run.knn_k = _fit_to_the_data(run.config, run.data)
 
 

@@ -22,6 +22,11 @@ import torch
 
 from ssl_ray.sections import AugmentConfig
 
+# Every source's rows carry their place in the training selection, 0..n-1, the same in every
+# epoch and after a resume: what a per-image memory (PIRL's bank, DeepCluster's pseudo-labels)
+# is indexed by.
+SAMPLE_INDEX = "sample_index"
+
 
 class RecipePart:
     """One kind of batch content beyond the views."""
@@ -29,6 +34,8 @@ class RecipePart:
     columns: ClassVar[tuple[str, ...]] = ()
     # Columns of uint8 images (N, k, C, S, S) that take view 0's colour recipe.
     image_columns: ClassVar[tuple[str, ...]] = ()
+    # Columns the source gives each row (passed through, not made from the crops).
+    source_columns: ClassVar[tuple[str, ...]] = ()
 
     def make(self, crops: list[torch.Tensor], boxes: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """The part's columns for a block, from each view's crop (N, C, S, S) after its flip,
@@ -38,6 +45,19 @@ class RecipePart:
     def refusal(self, augment: AugmentConfig, channels: int) -> str | None:
         """Why this part cannot be made from these views (``field: reason``), or None."""
         return None
+
+
+class SampleIndex(RecipePart):
+    """``sample_index`` (N,) int64: each image's place in the training selection (0..n-1)."""
+
+    columns = (SAMPLE_INDEX,)
+    source_columns = (SAMPLE_INDEX,)
+
+    def make(self, crops: list[torch.Tensor], boxes: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {}
+
+    def __repr__(self) -> str:
+        return "SampleIndex()"
 
 
 class CropBoxes(RecipePart):
@@ -96,29 +116,36 @@ class ShuffledTiles(RecipePart):
     """``tiles`` (N, g*g, C, t, t): view 0's grid of tiles (``grid_tiles``) in the order of
     one of ``permutations`` (P, g*g), drawn per image, and ``permutation`` (N,) int64: its
     index, the label Jigsaw classifies (Noroozi & Favaro 2016, Sec. 3): tile ``i`` of the
-    batch is the image's tile ``permutations[p][i]``."""
+    batch is the image's tile ``permutations[p][i]``. ``permutations=None``: any order, drawn
+    uniformly per image (PIRL's jigsaw transform), and ``permutation`` is -1."""
 
     columns = ("tiles", "permutation")
     image_columns = ("tiles",)
 
-    def __init__(self, permutations: torch.Tensor, grid: int = 3, tile_fraction: float = 0.85) -> None:
-        if permutations.ndim != 2 or permutations.shape[1] != grid * grid:
+    def __init__(self, permutations: torch.Tensor | None, grid: int = 3, tile_fraction: float = 0.85) -> None:
+        if permutations is not None and (permutations.ndim != 2 or permutations.shape[1] != grid * grid):
             raise ValueError(
                 f"shuffled tiles: permutations of the {grid * grid} tiles, got {tuple(permutations.shape)}"
             )
-        self.permutations, self.grid, self.tile_fraction = permutations.long(), grid, tile_fraction
+        self.permutations = None if permutations is None else permutations.long()
+        self.grid, self.tile_fraction = grid, tile_fraction
 
     def make(self, crops: list[torch.Tensor], boxes: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         tiles = grid_tiles(crops[0], self.grid, self.tile_fraction)
-        chosen = torch.randint(0, len(self.permutations), (tiles.shape[0],))
-        order = self.permutations[chosen]  # (N, g*g)
-        return {"tiles": tiles[torch.arange(tiles.shape[0])[:, None], order], "permutation": chosen}
+        n = tiles.shape[0]
+        if self.permutations is None:
+            order, chosen = torch.rand(n, self.grid * self.grid).argsort(dim=1), torch.full((n,), -1)
+        else:
+            chosen = torch.randint(0, len(self.permutations), (n,))
+            order = self.permutations[chosen]  # (N, g*g)
+        return {"tiles": tiles[torch.arange(n)[:, None], order], "permutation": chosen}
 
     def refusal(self, augment: AugmentConfig, channels: int) -> str | None:
         return _tiles_fit(augment, self.grid, self.tile_fraction)
 
     def __repr__(self) -> str:
-        return f"ShuffledTiles({len(self.permutations)} permutations, grid={self.grid}, tile={self.tile_fraction})"
+        count = "any order" if self.permutations is None else f"{len(self.permutations)} permutations"
+        return f"ShuffledTiles({count}, grid={self.grid}, tile={self.tile_fraction})"
 
 
 # The 8 neighbours of the centre of a 3 x 3 grid, as Doersch et al. 2015 number them (Fig. 2:

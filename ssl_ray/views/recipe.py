@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 
 from ssl_ray.sections import AugmentConfig
-from ssl_ray.views.parts import RecipePart
+from ssl_ray.views.parts import SAMPLE_INDEX, RecipePart
 from ssl_ray.views.transforms import DeviceViews, ViewMaker
 
 
@@ -126,8 +126,18 @@ class BatchRecipe:
         label = columns["label"].to(device, non_blocking=True) if labels else None
         return Batch(views=views, labels=label, parts=parts)
 
-    def batch_of(self, images, channels: int, seed: int | None = None, labels: torch.Tensor | None = None) -> Batch:
+    def batch_of(
+        self,
+        images,
+        channels: int,
+        seed: int | None = None,
+        labels: torch.Tensor | None = None,
+        sample_index: torch.Tensor | None = None,
+    ) -> Batch:
         """The batch of uint8 ``images`` (N, H, W[, C]) made here on the CPU, as training
-        would get it with the whole recipe in Ray Data: for tests and benchmarks."""
+        would get it with the whole recipe in Ray Data: for tests and benchmarks.
+        ``sample_index``: the rows' places in the data (0..N-1 when not given)."""
         views, parts = self.view_maker(channels, seed=seed).make(images)
+        given = {SAMPLE_INDEX: torch.arange(len(images)) if sample_index is None else sample_index}
+        parts.update({name: given[name] for part in self.parts for name in part.source_columns})
         return Batch(views=views, labels=labels, parts=parts)

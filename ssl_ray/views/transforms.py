@@ -184,6 +184,10 @@ class ViewMaker:
         out.update({name: value.numpy() for name, value in parts.items()})
         if "label" in batch:
             out["label"] = batch["label"]
+        for name in (name for part in self.parts for name in part.source_columns):
+            if name not in batch:
+                raise KeyError(f"the recipe needs the source's {name!r} column; the rows have {sorted(batch)}")
+            out[name] = batch[name]
         return out
 
 
