@@ -86,21 +86,31 @@ def start_mlflow(root: Path) -> tuple[subprocess.Popen, str]:
 
 def start_ray_head(root: Path, num_cpus: int = 2) -> tuple[subprocess.Popen, dict[str, str]]:
     """A Ray head node on 127.0.0.1 (``ray start --head --block``, no dashboard), token
-    authenticated; returns the process and the environment a driver joins it with."""
+    authenticated; returns the process and the environment a driver joins it with. Its workers
+    hold the test S3 server's credentials (the AWS chain, as a cloud node's role gives them),
+    whenever in the session it starts."""
     port = free_port()
     env = {
         **os.environ,
         "RAY_DISABLE_USAGE_STATS": "1",
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": os.urandom(16).hex(),
+        "AWS_ACCESS_KEY_ID": S3_KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+        "AWS_DEFAULT_REGION": "us-east-1",
     }
+    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
+        env.pop(name, None)
     env.pop("RAY_ADDRESS", None)
     ray = str(Path(sys.executable).with_name("ray"))
     address = f"127.0.0.1:{port}"
 
     def ready() -> bool:
-        status = [ray, "status", "--address", address]
-        return subprocess.run(status, env=env, capture_output=True, timeout=30).returncode == 0
+        # A driver joined and left: ``ray status`` answers before the raylet takes drivers.
+        joined = [sys.executable, "-c", "import ray; ray.init(); ray.shutdown()"]
+        return (
+            subprocess.run(joined, env={**env, "RAY_ADDRESS": address}, capture_output=True, timeout=60).returncode == 0
+        )
 
     command = [
         ray,

@@ -5,7 +5,6 @@ sharing one Ray): all three must see the same encoder. And few-label fine-tuning
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import uuid
@@ -17,7 +16,7 @@ import pytest
 import ray
 import torch
 import yaml
-from cli import SMALL_RUN, pipeline, run_cli
+from cli import SMALL_RUN, joined_to_the_shared_head, pipeline, run_cli
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -109,10 +108,11 @@ def test_evaluate_a_run_every_frozen_protocol_baselines_and_diagnostics(pretrain
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """One Ray for the in-process evaluations below (the CLI's own path is tested above)."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
-    yield
-    ray.shutdown()
+    """The suite's Ray head, joined in-process for the evaluations below (the CLI's own path
+    is tested above)."""
+    with joined_to_the_shared_head():
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        yield
 
 
 def in_process(source: str, mlflow_server: str, *overrides: str, **options) -> Evaluation:

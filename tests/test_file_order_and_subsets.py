@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
+from cli import joined_to_the_shared_head
 from imagefiles import encode, fashion_mnist_folder, write_local
 from PIL import Image
 
@@ -27,10 +28,9 @@ BATCH = 32
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield
-    ray.shutdown()
+    with joined_to_the_shared_head():
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        yield
 
 
 @pytest.fixture(scope="module")

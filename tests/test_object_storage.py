@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import ray
-from cli import SMALL_RUN, pipeline, run_cli
+from cli import SMALL_RUN, joined_to_the_shared_head, pipeline, run_cli
 from imagefiles import BAD_FILES, bad_files, encode, fashion_mnist_folder, odd_mode_files, upload, write_local
 from mlflow.tracking import MlflowClient
 from PIL import Image
@@ -34,11 +34,10 @@ from ssl_ray.data.subsets import Selection
 
 @pytest.fixture(scope="module")
 def local_ray(s3_server):
-    """Started after the S3 server, so Ray's workers inherit its credentials (the AWS chain)."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield
-    ray.shutdown()
+    """The suite's Ray head, joined in-process (its workers hold the S3 server's credentials)."""
+    with joined_to_the_shared_head():
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        yield
 
 
 def rows(dataset) -> dict[str, np.ndarray]:

@@ -14,7 +14,7 @@ from collections import Counter
 import psutil
 import pytest
 import torch
-from cli import SMALL_RUN, pipeline, run_cli
+from cli import SMALL_RUN, pipeline, run_cli, shared_ray_head, shared_ray_head_process
 from mlflow.tracking import MlflowClient
 
 from ssl_ray.train.checkpoint import IncompleteCheckpointError, load_state, save_state
@@ -32,7 +32,8 @@ RUN = [
 
 
 def _train_workers(root: psutil.Process) -> list[psutil.Process]:
-    """The Ray Train worker processes under ``root`` (the CLI process, which started Ray)."""
+    """The Ray Train worker processes under ``root`` (the suite's Ray head, which runs every
+    worker of the run; no other run trains meanwhile)."""
     workers = []
     for child in root.children(recursive=True):
         try:
@@ -69,11 +70,13 @@ def test_run_survives_a_killed_worker(tmp_path, mlflow_server, fashion_mnist_dir
         "--tracking-uri",
         mlflow_server,
     ]
-    env = {**os.environ, "RAY_DISABLE_USAGE_STATS": "1"}
-    env.pop("RAY_ADDRESS", None)
     log = open(tmp_path / "run.log", "w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "ssl_ray.cli", *args], stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env
+        [sys.executable, "-m", "ssl_ray.cli", *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+        env=shared_ray_head(),
     )
     client = MlflowClient(mlflow_server)
     try:
@@ -88,7 +91,7 @@ def test_run_survives_a_killed_worker(tmp_path, mlflow_server, fashion_mnist_dir
             return bool(epochs) and max(steps, default=0) >= STEPS_PER_EPOCH + 4
 
         _wait_for(in_epoch_2, 300, "epoch 2 to be under way", process)
-        workers = _train_workers(psutil.Process(process.pid))
+        workers = _train_workers(shared_ray_head_process())
         assert len(workers) == 2, [w.cmdline() for w in workers]
         killed_at = time.time()
         os.kill(workers[0].pid, signal.SIGKILL)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli import ROOT, SMALL_RUN, pipeline, run_cli
+from cli import ROOT, SMALL_RUN, pipeline, run_cli, shared_ray_head
 from mlflow.tracking import MlflowClient
 
 from ssl_ray.config import load_config, load_raw
@@ -278,11 +278,13 @@ def test_an_interrupted_sweep_resumes_without_repeating_finished_trials(tmp_path
         "train.epochs=2",
         "tracking.experiment=sweep-resume",
     ]
-    env = {**os.environ, "RAY_DISABLE_USAGE_STATS": "1"}
-    env.pop("RAY_ADDRESS", None)
     log = open(tmp_path / "first.log", "w")
     first = subprocess.Popen(
-        [sys.executable, "-m", "ssl_ray.cli", *args], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "ssl_ray.cli", *args],
+        cwd=tmp_path,
+        env=shared_ray_head(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
 
