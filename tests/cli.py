@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import os
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,6 @@ import tempfile
 from pathlib import Path
 
 import psutil
-import pytest
 from services import start_ray_head, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,11 +75,11 @@ def joined_to_the_shared_head():
     import ray
 
     env = shared_ray_head()
-    with pytest.MonkeyPatch.context() as patch:
-        for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
-            patch.setenv(name, env[name])
-        ray.init(logging_level="ERROR", log_to_driver=False)
-        try:
-            yield
-        finally:
-            ray.shutdown()
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):  # read by Ray at import: set by conftest.py
+        if os.environ.get(name) != env[name]:
+            raise RuntimeError(f"{name} differs from the head's: set it before Ray is imported")
+    ray.init(address=env["RAY_ADDRESS"], logging_level="ERROR", log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()

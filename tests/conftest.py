@@ -10,6 +10,12 @@ from pathlib import Path
 import pytest
 from services import S3_KEY_ID, S3_SECRET, start_mlflow, start_moto
 
+# One Ray token for the session, in the environment before anything imports Ray (which reads
+# RAY_AUTH_MODE once, at import): the shared head, the CLI runs that join it and the tests
+# that join it in-process all present it.
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ.setdefault("RAY_AUTH_TOKEN", uuid.uuid4().hex)
+
 FASHION_MNIST = Path(os.environ.get("SSL_RAY_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 
 

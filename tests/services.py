@@ -94,7 +94,7 @@ def start_ray_head(root: Path, num_cpus: int = 2) -> tuple[subprocess.Popen, dic
         **os.environ,
         "RAY_DISABLE_USAGE_STATS": "1",
         "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": os.urandom(16).hex(),
+        "RAY_AUTH_TOKEN": os.environ.get("RAY_AUTH_TOKEN") or os.urandom(16).hex(),
         "AWS_ACCESS_KEY_ID": S3_KEY_ID,
         "AWS_SECRET_ACCESS_KEY": S3_SECRET,
         "AWS_DEFAULT_REGION": "us-east-1",
