@@ -17,6 +17,7 @@ import numpy as np
 
 from ssl_ray.data.errors import DataSourceError
 
+IMAGE_SIZE = 28  # the images' side in pixels
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 _FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
