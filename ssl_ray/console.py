@@ -29,6 +29,8 @@ def set_verbose(verbose: bool) -> None:
         os.environ[VERBOSE_ENV] = "1"
     if not is_verbose():
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        # Its "Downloading artifacts" bars, one per file `evaluate` reads from a run.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def is_verbose() -> bool:

@@ -69,6 +69,7 @@ def pretrained(tmp_path_factory, s3_server, mlflow_server, fashion_mnist_dir):
 def evaluate(source: str, mlflow_server: str, *extra: str, cwd) -> str:
     done = run_cli("evaluate", source, *EVAL_SIZES, "--tracking-uri", mlflow_server, *extra, cwd=cwd)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    assert "Downloading artifacts" not in done.stderr  # MLflow's progress bars: not ours to show
     return done.stdout
 
 
