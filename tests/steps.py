@@ -15,3 +15,18 @@ def take_step(
 ) -> dict:
     """One optimiser step as ``train/loop.py`` takes it (fp32, no guard)."""
     return training_step(method, optimizer, batch, TrainingClock(step, total_steps, steps_per_epoch))
+
+
+def fit_targets(method: SSLMethod, n: int = 64, seed: int = 0) -> dict:
+    """For a method that fits targets (``fits_targets``): fit them as the loop does before the
+    first epoch, to ``n`` structured random images numbered 0..n-1 (``batch_for``'s rows are the
+    first of them); nothing otherwise."""
+    if not method.fits_targets:
+        return {}
+    from ssl_ray.train.refit import refit_targets
+
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=generator)
+    images[:, 8:20, 6:22] = 230
+    batch = {"image": images, "label": torch.arange(n) % 4, "sample_index": torch.arange(n)}
+    return refit_targets(method, None, lambda: [batch], n, 0, torch.device("cpu"))

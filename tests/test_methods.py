@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from steps import take_step
+from steps import fit_targets, take_step
 
 from ssl_ray.config import ConfigError, config_from_dict, method_fields
 from ssl_ray.data import fashion_mnist
@@ -32,6 +32,7 @@ SMALL = {
     "hidden_dim": 32,
     "num_samples": 64,  # batch_for's rows are samples 0..31
     "negatives": 64,
+    "num_clusters": 4,
 }
 
 
@@ -83,6 +84,7 @@ def test_a_method_is_built_from_its_params_without_a_pipeline():
 def test_method_contract(name, tmp_path):
     torch.manual_seed(0)
     method = build_method(small_config(name, tmp_path))
+    fit_targets(method)
     out = method(batch_for(method))
     assert torch.isfinite(out["loss"])
     assert out["embedding"].ndim == 2 and out["embedding"].shape[0] == 32
@@ -108,6 +110,7 @@ FIXED_TARGETS = {"dino": {"ema_momentum": 1.0, "center_momentum": 1.0}, "pirl": 
 def test_method_loss_falls_over_a_few_steps(name, tmp_path):
     torch.manual_seed(0)
     method = build_method(small_config(name, tmp_path, **FIXED_TARGETS.get(name, {})))
+    fit_targets(method)
     optimizer = torch.optim.SGD(method.parameters(), lr=0.05, momentum=0.9)
     batches = [batch_for(method, seed=i) for i in range(4)]
     losses = []

@@ -90,29 +90,46 @@ def test_pretrain_checkpoint_resume_and_mlflow(tmp_path, mlflow_server, fashion_
     # (test_object_storage.py).
 
 
+# The runs that also resume: their momentum targets and buffers must come back.
+RESUMED = ("moco_v2", "dino", "pirl", "deepcluster")
+
+
 def _slow_if_covered(method: str):
-    # Kept in the default run: DINO (multi-crop views through Ray Data, an EMA teacher, the
-    # centre, the first-epoch freeze and the teacher-temperature clock, through a resume on 2
-    # workers) and PIRL (a one-view recipe whose batch parts, shuffled tiles and each row's
-    # sample index, are made and coloured in Ray Data and reach the method through the loop;
-    # its memory bank through a resume; RotNet's, Jigsaw's and relative location's parts take
-    # the same path). Outside it (``pytest -m slow``), to keep the suite in its time: every other
-    # method, each unit-tested on its own (test_methods: loss falls, gradients reach the online
-    # network only, EMA targets, queues, frozen layers, collapse monitors on a short run; the
-    # losses against hand computations and on 2 gloo workers), and whose path through Ray Train
-    # is SimCLR's or DINO's (the loop does not branch on which method runs). MoCo v2's queue and
-    # shuffle-BN are unit-tested on 2 gloo workers (test_queue), its checkpointed queue too.
-    return method if method in ("dino", "pirl") else pytest.param(method, marks=pytest.mark.slow)
+    """In the default run: DINO's epoch (multi-crop views through Ray Data, an EMA teacher,
+    the centre, the first-epoch freeze and the teacher-temperature clock, on 2 workers), PIRL
+    (a one-view recipe whose batch parts, shuffled tiles and each row's sample index, are made
+    and coloured in Ray Data and reach the method through the loop; RotNet's, Jigsaw's and
+    relative location's parts take the same path) and DeepCluster (targets fitted between
+    epochs, class-uniform draws in Ray Data), the last two through a resume that restores their
+    buffers (the bank, the pseudo-labels) with the model state every method's targets travel
+    in. Outside it (``pytest -m slow``), to keep the suite in its time: DINO's resume, and
+    every other method, each unit-tested on its own (test_methods: loss falls, gradients reach
+    the online network only, EMA targets, queues, frozen layers, collapse monitors on a short
+    run; the losses against hand computations and on 2 gloo workers), and whose path through
+    Ray Train is SimCLR's or DINO's (the loop does not branch on which method runs). MoCo v2's
+    queue and shuffle-BN are unit-tested on 2 gloo workers (test_queue), its checkpointed
+    queue too."""
+    params = []
+    if method in ("dino", "pirl", "deepcluster"):
+        params.append(pytest.param(method, method != "dino", id=method))
+    if method in RESUMED and method not in ("pirl", "deepcluster"):
+        params.append(pytest.param(method, True, id=f"{method}-resumed", marks=pytest.mark.slow))
+    if not params:
+        params.append(pytest.param(method, False, id=method, marks=pytest.mark.slow))
+    return params
 
 
 # SimCLR is covered below in full, and the supervised method by the evaluation's fine-tuning
 # run (tests/test_evaluate.py).
-@pytest.mark.parametrize("method", [_slow_if_covered(m) for m in sorted(set(METHODS) - {"simclr", "supervised"})])
-def test_every_method_trains_through_ray_train(tmp_path, mlflow_server, fashion_mnist_dir, method):
+@pytest.mark.parametrize(
+    "method, resumed", [p for m in sorted(set(METHODS) - {"simclr", "supervised"}) for p in _slow_if_covered(m)]
+)
+def test_every_method_trains_through_ray_train(tmp_path, mlflow_server, fashion_mnist_dir, method, resumed):
     """Every other method, from its own pipeline file: one short 2-worker DDP epoch with a
-    falling loss and its collapse monitors logged. DINO, MoCo v2 and PIRL also resume, and their
-    momentum targets and buffers (DINO's centre, MoCo's queue, PIRL's bank) must come back from
-    the checkpoint."""
+    falling loss and its collapse monitors logged. DINO, MoCo v2, PIRL and DeepCluster also
+    resume, and their momentum targets and buffers (DINO's centre, MoCo's queue, PIRL's bank,
+    DeepCluster's pseudo-labels) must come back from the checkpoint (``_slow_if_covered``
+    says which run by default)."""
     # A queue of 384 keys is full after 3 of the 16 steps. At this width MoCo v2's loss at its
     # own temperature (0.2) moves too little in 16 steps to tell falling from noise (5.45 ->
     # 5.44 with a 256-key queue); at 0.1 it falls clearly. 0.2 is measured in benchmarks/.
@@ -128,6 +145,9 @@ def test_every_method_trains_through_ray_train(tmp_path, mlflow_server, fashion_
         # A slow bank: epoch 2 moves each row only a little from where epoch 1 left it, which
         # a bank lost on resume (random rows again) could not match.
         "pirl": ["method.bank_momentum=0.9", "method.negatives=512"],
+        # Clustered before epoch 1, next due before epoch 3: the resumed epoch 2 must train on
+        # the checkpoint's clusters, not fit new ones.
+        "deepcluster": ["method.recluster_every=2"],
         "dino": [
             "method.ema_momentum=1.0",
             "method.center_momentum=1.0",
@@ -155,7 +175,11 @@ def test_every_method_trains_through_ray_train(tmp_path, mlflow_server, fashion_
     if method != "pirl":
         assert sum(losses[-4:]) / 4 < sum(losses[start : start + 4]) / 4, losses
     assert run.data.metrics["collapse_std"] > 0 and run.data.metrics["collapse_rank"] >= 1.0
-    if method not in ("moco_v2", "dino", "pirl"):
+    if method == "deepcluster":
+        assert [m.step for m in client.get_metric_history(run_id, "nmi_labels")] == [1]
+        assert 0.0 < run.data.metrics["nmi_labels"] < 1.0 and run.data.metrics["clusters_empty"] == 0
+        assert "epoch 1: new targets for 2048 images, NMI with the labels" in done.stdout
+    if not resumed:
         return
 
     second = pretrain(tmp_path, mlflow_server, "train.epochs=2", *common, "--resume", method=method)
@@ -178,6 +202,14 @@ def test_every_method_trains_through_ray_train(tmp_path, mlflow_server, fashion_
         assert int(state["model"]["queue.pointer"]) == 4096 % 384
         return
     first = load_state(min((p for p in run_dir.glob("checkpoint_*") if p.is_dir()), key=lambda p: p.name))
+    if method == "deepcluster":
+        # The clusters of epoch 0 came back and were kept (a lost state would have been
+        # re-clustered before epoch 2), and nothing new was logged for epoch 2.
+        assert int(state["model"]["clustered_at_epoch"]) == 0
+        assert torch.equal(state["model"]["assignments"], first["model"]["assignments"])
+        assert (first["model"]["assignments"] >= 0).all()
+        assert [m.step for m in client.get_metric_history(run_id, "nmi_labels")] == [1]
+        return
     if method == "pirl":
         # Epoch 2 visited every one of the 2,048 rows (each sample index reached the bank, from
         # both workers) and moved it by m = 0.9 from epoch 1's: cos(new, old) >= 0.9 - 0.1 for

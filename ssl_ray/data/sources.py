@@ -6,7 +6,7 @@ Every source produces blocks with an ``image`` column (uint8, (H, W) or (H, W, C
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
@@ -15,6 +15,7 @@ from ray.data.extensions import ArrowTensorArray
 
 from ssl_ray.config import PipelineConfig
 from ssl_ray.data import fashion_mnist, files
+from ssl_ray.data.balance import balanced
 from ssl_ray.data.errors import DataSourceError
 from ssl_ray.data.subsets import Selection, stratified_sample
 from ssl_ray.views.parts import SAMPLE_INDEX
@@ -64,6 +65,9 @@ class PretrainData:
     bank_labels: np.ndarray | None = None  # the kNN bank's labels (what k must fit)
     # Training files the listing's check left out, per reason: every epoch goes without them.
     listing_skips: dict[str, int] = field(default_factory=dict)
+    # With ``whole_training_set``: every training image once, without views, in listing order
+    # (image, label, sample_index): what a method that fits targets to it embeds.
+    training_images: ray.data.Dataset | None = None
 
 
 def with_views(images: ray.data.Dataset, recipe: BatchRecipe, channels: int, stage: str = "all") -> ray.data.Dataset:
@@ -80,7 +84,14 @@ def with_views(images: ray.data.Dataset, recipe: BatchRecipe, channels: int, sta
     )
 
 
-def _fashion_mnist(config: PipelineConfig, stage: str) -> PretrainData:
+def _training_stream(images: ray.data.Dataset, config: PipelineConfig, stage: str, balance, size: int):
+    """The training images to views, drawn by the weights ``balance`` holds when there is one."""
+    if balance is not None:
+        images = balanced(images, balance, size)
+    return with_views(images, config.batch_recipe, config.data.channels, stage)
+
+
+def _fashion_mnist(config: PipelineConfig, stage: str, balance, whole_training_set: bool) -> PretrainData:
     data, e, seed = config.data, config.eval, config.train.seed
     train = fashion_mnist.load_split(data.path, "train")
     test = fashion_mnist.load_split(data.path, "test")
@@ -92,13 +103,14 @@ def _fashion_mnist(config: PipelineConfig, stage: str) -> PretrainData:
     query = stratified_sample(test.labels, e.knn_query_size, seed)
     pretrain = from_arrays(train.images[kept], train.labels[kept])
     return PretrainData(
-        train=with_views(pretrain.randomize_block_order(), config.batch_recipe, data.channels, stage),
+        train=_training_stream(pretrain.randomize_block_order(), config, stage, balance, len(kept)),
         knn_bank=from_arrays(train.images[bank], train.labels[bank]).select_columns(["image", "label"]),
         knn_query=from_arrays(test.images[query], test.labels[query]).select_columns(["image", "label"]),
         train_size=len(kept),
         num_classes=len(fashion_mnist.CLASSES),
         label_subset=[str(i) for i in kept] if data.label_fraction is not None else None,
         bank_labels=train.labels[bank],
+        training_images=pretrain if whole_training_set else None,
     )
 
 
@@ -133,7 +145,7 @@ def in_training_classes(
     return relabelled, joint
 
 
-def _from_files(config: PipelineConfig, counter, stage: str) -> PretrainData:
+def _from_files(config: PipelineConfig, counter, stage: str, balance, whole_training_set: bool) -> PretrainData:
     """Every location is listed here, on the driver, so a bad one fails before training."""
     data, e, seed = config.data, config.eval, config.train.seed
     training = Selection(
@@ -153,10 +165,12 @@ def _from_files(config: PipelineConfig, counter, stage: str) -> PretrainData:
         if num_classes:
             # The bank: labelled training images without views (its own read; never counted).
             bank = _read(data.path, data.source, config, Selection(e.knn_bank_size, seed))
+    whole = None
+    if whole_training_set:  # the same selection, so the same sample indices, read in listing order
+        whole = _read(data.path, data.source, config, replace(training, shuffle_seed=None))
+    columns = ["image", "label", SAMPLE_INDEX]
     return PretrainData(
-        train=with_views(
-            train.dataset.select_columns(["image", "label", SAMPLE_INDEX]), config.batch_recipe, data.channels, stage
-        ),
+        train=_training_stream(train.dataset.select_columns(columns), config, stage, balance, train.size),
         knn_bank=bank.dataset.select_columns(["image", "label"]) if bank else None,
         knn_query=query.dataset.select_columns(["image", "label"]) if query else None,
         train_size=train.size,
@@ -164,6 +178,7 @@ def _from_files(config: PipelineConfig, counter, stage: str) -> PretrainData:
         label_subset=list(train.row_names) if data.label_fraction is not None else None,
         bank_labels=bank.labels if bank else None,
         listing_skips=train.skipped,
+        training_images=whole.dataset.select_columns(columns) if whole else None,
     )
 
 
@@ -177,14 +192,22 @@ def check_data_locations(config: PipelineConfig) -> None:
             files.listing(path, config.storage)
 
 
-def build_pretrain_data(config: PipelineConfig, counter=None, augment_on_device: bool = False) -> PretrainData:
+def build_pretrain_data(
+    config: PipelineConfig,
+    counter=None,
+    augment_on_device: bool = False,
+    balance=None,
+    whole_training_set: bool = False,
+) -> PretrainData:
     """The datasets a pretraining run needs; ``counter`` (a ``SkipCounter``) hears about every
     training file that could not be decoded. ``augment_on_device``: the views leave Ray Data
-    cropped but otherwise untouched (uint8); the training loop applies the rest."""
+    cropped but otherwise untouched (uint8); the training loop applies the rest. ``balance``
+    (a ``balance.ClassBalance``): training images drawn by its weights. ``whole_training_set``:
+    also every training image once, without views (``training_images``)."""
     stage = "crop" if augment_on_device else "all"
     if config.data.source == "fashion_mnist":
-        return _fashion_mnist(config, stage)
-    return _from_files(config, counter, stage)
+        return _fashion_mnist(config, stage, balance, whole_training_set)
+    return _from_files(config, counter, stage, balance, whole_training_set)
 
 
 @dataclass

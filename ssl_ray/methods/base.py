@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -60,6 +61,14 @@ class SSLMethod(nn.Module):
     uses_labels: ClassVar[bool] = False
     # Whether it has a classifier, ``logits(images)``: the loop then reports its test top-1.
     classifies: ClassVar[bool] = False
+    # Whether it trains on targets it fits to the encoder's features of the whole training set
+    # between epochs (DeepCluster's k-means pseudo-labels). The loop then embeds every training
+    # image when ``targets_due`` says so (``train/refit.py``), in two streamed passes: a sample
+    # to ``fit_targets`` on, then every image through the fitted ``assign``; the result goes to
+    # ``adopt_targets``. The data pipeline draws images uniformly over the targets' classes.
+    fits_targets: ClassVar[bool] = False
+    # Submodules re-initialised with each new set of targets: their optimiser state is dropped.
+    reset_with_targets: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def recipe_parts(cls, params: MethodParams) -> tuple[RecipePart, ...]:
@@ -105,6 +114,28 @@ class SSLMethod(nn.Module):
         for name in self.frozen_in_first_epoch:
             for parameter in self.get_submodule(name).parameters():
                 parameter.grad = None
+
+    def targets_due(self, epoch: int) -> bool:
+        """Before training epoch ``epoch + 1``: whether to fit new targets (``fits_targets``)."""
+        return False
+
+    def target_sample_size(self) -> int:
+        """How many training images the fit needs at most (the rest are only assigned)."""
+        raise NotImplementedError
+
+    def fit_targets(self, features: torch.Tensor, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Fit to the sample's encoder features (N, D); returns features -> each row's target."""
+        raise NotImplementedError
+
+    def adopt_targets(self, epoch: int, index: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor) -> dict:
+        """Take every image's target (``index``: sample indices; ``labels``: the true ones, -1
+        unknown) for the epochs from ``epoch + 1``; returns metrics about them to log."""
+        raise NotImplementedError
+
+    def target_classes(self) -> torch.Tensor | None:
+        """Each training image's class under the current targets (indexed by sample index), for
+        the data pipeline's class-uniform draws; None before any."""
+        return None
 
     @torch.no_grad()
     def after_step(self, outputs: dict[str, Any]) -> None:

@@ -98,3 +98,18 @@ def this_workers_share(rows: torch.Tensor) -> torch.Tensor:
     """Every ``world_size``-th row, starting at this worker's rank: a tensor every worker holds
     in full (a gathered queue) split so that the workers' shares together hold each row once."""
     return rows[rank() :: world_size()]
+
+
+@torch.no_grad()
+def rank_zero_rows(rows: torch.Tensor | None, columns: int, device: torch.device) -> torch.Tensor:
+    """Rank 0's int64 table ``rows`` (N, columns), N known to rank 0 only, on every rank."""
+    if not is_distributed():
+        return rows
+    count = torch.tensor([float(len(rows)) if rank() == 0 else 0.0], device=device)
+    dist.broadcast(count, src=0)
+    if rank() == 0:
+        table = rows.to(device=device, dtype=torch.long).contiguous()
+    else:
+        table = torch.empty((int(count.item()), columns), dtype=torch.long, device=device)
+    dist.broadcast(table, src=0)
+    return table

@@ -18,6 +18,7 @@ import ray.train.torch
 import torch
 
 from ssl_ray.config import PipelineConfig, config_from_dict
+from ssl_ray.data.balance import uniform_over_classes
 from ssl_ray.data.decode import SKIP_REASONS
 from ssl_ray.methods.base import SSLMethod, TrainingClock
 from ssl_ray.monitors.collapse import effective_rank, normalized_std
@@ -32,6 +33,7 @@ from ssl_ray.train.checkpoint import load_state, save_state
 from ssl_ray.train.guard import NonFiniteGuard, non_finite_tensors
 from ssl_ray.train.optim import build_optimizer
 from ssl_ray.train.plan import TrainingPlan
+from ssl_ray.train.refit import refit_targets
 from ssl_ray.train.step import training_step
 from ssl_ray.train.worker_config import WorkerConfig
 from ssl_ray.views.transforms import DeviceViews
@@ -50,8 +52,12 @@ MONITOR_BATCHES = 8
 
 
 def _eval_batches(name: str):
-    """One pass over an evaluation dataset (kNN bank or queries), unsplit, on this worker."""
+    """One pass over an evaluation dataset (kNN bank or queries, the training images for
+    fitting targets), unsplit, on this worker."""
     return ray.train.get_dataset_shard(name).iter_torch_batches(batch_size=1024, prefetch_batches=2)
+
+
+TRAINING_IMAGES = "training_images"  # the dataset a method that fits targets embeds
 
 
 @dataclass
@@ -89,6 +95,27 @@ class Worker:
         e = self.config.eval
         k = self.setup.knn_k  # fitted to the bank's smallest class by the driver
         return knn_top1(query, query_labels, bank, bank_labels, self.setup.num_classes, k, e.knn_temperature)
+
+    def fit_targets(self) -> dict[str, float]:
+        """New targets before epoch ``epoch + 1`` (rank 0's metrics), and the data pipeline's
+        draws made uniform over their classes."""
+        metrics = refit_targets(
+            self.method,
+            self.optimizer,
+            lambda: _eval_batches(TRAINING_IMAGES),
+            self.setup.train_size,
+            self.epoch,
+            self.device,
+            self.precision,
+            self.config.train.seed,
+        )
+        self.publish_balance()
+        return metrics
+
+    def publish_balance(self) -> None:
+        classes = self.method.target_classes()
+        if self.rank == 0 and classes is not None and self.setup.class_balance is not None:
+            ray.get(self.setup.class_balance.publish.remote(uniform_over_classes(classes.cpu().numpy())))
 
     def classifier_top1(self) -> float:
         """Top-1 of a label-trained method's own classifier on the held-out images."""
@@ -168,6 +195,7 @@ def _start(setup: WorkerConfig) -> Worker:
             # One point per start from a checkpoint (--resume, or Ray Train restarting after a
             # lost worker): where the run picked up again, in the MLflow run's history.
             worker.tracker.log_metrics({"resumed_from_epoch": worker.epoch}, step=worker.step)
+        worker.publish_balance()  # the checkpoint's targets: this run's actor has no weights yet
     return worker
 
 
@@ -303,6 +331,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
     every = w.config.eval.knn_every_epochs
     while w.epoch < w.config.train.epochs:
+        fitted = {}
+        if w.method.fits_targets and w.method.targets_due(w.epoch):
+            fitted = w.fit_targets()
+            if w.rank == 0:
+                _say(w, _fitted_line(w.epoch, fitted))
         metrics = _train_epoch(w, shard)
         if STOPPED_BY_SWEEP in metrics or _stopped_by_sweep(w, wait=True):
             _say(w, f"epoch {w.epoch}: stopped by the sweep's scheduler")
@@ -314,6 +347,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             ray.train.report({**metrics, "epoch": w.epoch + 1})
             return
         w.epoch += 1
+        metrics.update(fitted)  # logged with the epoch that trained on them
         _fit_plan_to_the_epoch(w, int(metrics.pop("steps")))
         if w.rank == 0 and knn and (w.epoch == w.config.train.epochs or (every and w.epoch % every == 0)):
             metrics["knn_top1"] = w.knn(w.method.backbone)
@@ -331,6 +365,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             w.verdict_pending = True
             if w.rank == 0:
                 w.verdict = setup.epoch_gate.ask(w.epoch)  # answered while the next epoch trains
+
+
+def _fitted_line(epoch: int, fitted: dict[str, float]) -> str:
+    said = [f"{int(fitted['targets_fitted_images'])} images"]
+    for key, what in (("nmi_labels", "NMI with the labels"), ("nmi_previous", "NMI with the last fit")):
+        if key in fitted:
+            said.append(f"{what} {fitted[key]:.3f}")
+    return f"epoch {epoch + 1}: new targets for " + ", ".join(said)
 
 
 def _fit_plan_to_the_epoch(w: Worker, steps: int) -> None:

@@ -17,6 +17,7 @@ from ray.train.torch import TorchTrainer
 
 from ssl_ray.config import ConfigError, PipelineConfig
 from ssl_ray.console import start_ray
+from ssl_ray.data.balance import ClassBalance
 from ssl_ray.data.errors import DataSourceError, warn
 from ssl_ray.data.skips import SkipCounter
 from ssl_ray.data.sources import PretrainData, build_pretrain_data, check_data_locations
@@ -28,7 +29,7 @@ from ssl_ray.tracking.mlflow_run import RunTracker, resolve_tracking_uri
 from ssl_ray.tracking.plots import plot_curves
 from ssl_ray.train.checkpoint import encoder_state, load_state
 from ssl_ray.train.guard import NonFiniteLossError
-from ssl_ray.train.loop import STOPPED_NO_BATCH, STOPPED_NONFINITE, train_loop_per_worker
+from ssl_ray.train.loop import STOPPED_NO_BATCH, STOPPED_NONFINITE, TRAINING_IMAGES, train_loop_per_worker
 from ssl_ray.train.plan import TrainingPlan
 from ssl_ray.train.progress import ProgressBoard, ProgressPrinter
 from ssl_ray.train.storage import RunStorage, fresh_run_name, latest_run_name, run_exists
@@ -149,6 +150,7 @@ class _Run:
     use_gpu: bool = False
     augment_on_device: bool = False
     skips: object | None = None  # the SkipCounter actor of file sources
+    balance: object | None = None  # the ClassBalance actor of a method that fits targets
     data: PretrainData | None = None
     knn_k: int | None = None
     board: object | None = None  # the ProgressBoard actor the workers post their progress to
@@ -233,7 +235,17 @@ def _prepare_data(run: _Run) -> None:
     run.use_gpu = _use_gpu(config)
     run.augment_on_device = config.augment.on == "device" or (config.augment.on == "auto" and run.use_gpu)
     run.skips = SkipCounter.remote() if config.data.source != "fashion_mnist" else None
-    run.data = build_pretrain_data(config, counter=run.skips, augment_on_device=run.augment_on_device)
+    fits_targets = METHODS[config.method.name].fits_targets
+    # A method that fits targets draws its images uniformly over their classes, by the weights
+    # its loop publishes here, and embeds every training image for each fit.
+    run.balance = ClassBalance.remote() if fits_targets else None
+    run.data = build_pretrain_data(
+        config,
+        counter=run.skips,
+        augment_on_device=run.augment_on_device,
+        balance=run.balance,
+        whole_training_set=fits_targets,
+    )
     run.config = _sized_by_the_data(config, run.data)
     run.knn_k = _fit_to_the_data(run.config, run.data)
 
@@ -269,6 +281,7 @@ def _trainer(run: _Run, init_backbone: dict[str, torch.Tensor] | None, trial: Sw
         skip_counter=run.skips,
         progress_board=run.board,
         epoch_gate=trial.epoch_gate if trial else None,
+        class_balance=run.balance,
     )
     return TorchTrainer(
         train_loop_per_worker,
@@ -289,6 +302,7 @@ def _trainer(run: _Run, init_backbone: dict[str, torch.Tensor] | None, trial: Sw
         datasets={
             "train": data.train,
             **({"knn_bank": data.knn_bank, "knn_query": data.knn_query} if data.knn_bank is not None else {}),
+            **({TRAINING_IMAGES: data.training_images} if data.training_images is not None else {}),
         },
         dataset_config=DataConfig(datasets_to_split=["train"]),
     )

@@ -24,10 +24,12 @@ class WorkerConfig:
     augment_on_device: bool = False  # the colour part of the views runs in the loop
     listing_skips: dict[str, int] = field(default_factory=dict)  # left out of every epoch, per reason
     init_backbone: dict[str, torch.Tensor] | None = None  # fine-tuning's starting encoder
-    # Actor handles: decode skips, the driver's console, a sweep's verdicts (None: absent).
+    # Actor handles: decode skips, the driver's console, a sweep's verdicts, the training
+    # images' sampling weights (``data.balance.ClassBalance``, for a method that fits targets).
     skip_counter: Any = None
     progress_board: Any = None
     epoch_gate: Any = None
+    class_balance: Any = None
 
     def as_loop_config(self) -> dict[str, Any]:
         return {KEY: self}
