@@ -84,7 +84,7 @@ def test_the_pipeline_draws_every_pseudo_class_about_equally(local_ray):
     images = np.zeros((n, 4, 4), dtype=np.uint8)
     classes = np.where(np.arange(n) < 3584, 0, 1)
     balance = ClassBalance.remote()
-    stream = balanced(from_arrays(images, classes), balance, n)
+    stream = balanced(from_arrays(images, classes, numbered=True), balance, n)
     assert stream.count() == n  # no weights yet: every image once
     ray.get(balance.publish.remote(uniform_over_classes(classes)))
     drawn = np.concatenate([b["label"] for b in stream.iter_batches(batch_size=None, batch_format="numpy")])

@@ -35,6 +35,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -366,17 +367,27 @@ def _read_groups(units, filesystem, columns, counter, shuffle: bool, **decode) -
         yield _decode_rows(table.slice(start, step), counter=counter, **decode)
 
 
-def _units_from_rows(index: ShardIndex, chosen: np.ndarray) -> list[tuple]:
-    """The chosen rows (sorted indices into ``index.labels``) as row-group units:
-    ``(shard, group, first row, positions in the group or None for all, rows, sample index
-    of the unit's first row)``: the selection's rows are numbered 0..n-1 in listing order."""
+class ShardUnit(NamedTuple):
+    """What one read takes of a shard: a row group, or the chosen rows of it."""
+
+    shard: str
+    group: int
+    first: int  # the group's first row in the shard
+    positions: list[int] | None  # the chosen rows' places in the group; None: all of them
+    rows: int
+    sample_start: int  # the sample index of the unit's first row
+
+
+def _units_from_rows(index: ShardIndex, chosen: np.ndarray) -> list[ShardUnit]:
+    """The chosen rows (sorted indices into ``index.labels``) as row-group units; the
+    selection's rows are numbered 0..n-1 in listing order."""
     group_of = index.group_of(chosen)
     units, taken = [], 0
     for g in np.unique(group_of):
         shard, group, first, rows = index.groups[g]
         positions = chosen[group_of == g] - index.starts[g]
         whole = len(positions) == rows
-        units.append((shard, group, first, None if whole else positions.tolist(), len(positions), taken))
+        units.append(ShardUnit(shard, group, first, None if whole else positions.tolist(), len(positions), taken))
         taken += len(positions)
     return units
 
@@ -418,7 +429,7 @@ def parquet_shards(
     units = _units_from_rows(index, chosen)
     if selection.shuffle_seed is not None:
         _warn_if_unmixable(url, index)
-    rows = [unit[4] for unit in units]
+    rows = [unit.rows for unit in units]
     # Shards sorted by class: mixing comes first, ROWS_PER_TASK rows of many groups a task.
     sorted_by_class = _rows_in_single_class_groups(index) > len(index.labels) / 2
     per_task = units_per_task(rows, ROWS_PER_TASK, spread_over_cpus=not sorted_by_class)

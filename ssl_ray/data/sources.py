@@ -24,19 +24,19 @@ from ssl_ray.views.recipe import BatchRecipe
 ROWS_PER_BLOCK = 2048
 
 
-def from_arrays(images: np.ndarray, labels: np.ndarray) -> ray.data.Dataset:
-    """In-memory images and labels (and each row's ``sample_index``, its place here) as a
-    dataset of several blocks (so shuffles and the worker split have something to work with)."""
-    tables = [
-        pa.table(
-            {
-                "image": ArrowTensorArray.from_numpy(np.ascontiguousarray(images[i : i + ROWS_PER_BLOCK])),
-                "label": pa.array(labels[i : i + ROWS_PER_BLOCK]),
-                SAMPLE_INDEX: pa.array(np.arange(i, min(i + ROWS_PER_BLOCK, len(images)), dtype=np.int64)),
-            }
-        )
-        for i in range(0, len(images), ROWS_PER_BLOCK)
-    ]
+def from_arrays(images: np.ndarray, labels: np.ndarray, numbered: bool = False) -> ray.data.Dataset:
+    """In-memory images and labels (``numbered``: and each row's ``sample_index``, its place
+    here, as training reads need) as a dataset of several blocks (so shuffles and the worker
+    split have something to work with)."""
+    tables = []
+    for i in range(0, len(images), ROWS_PER_BLOCK):
+        columns = {
+            "image": ArrowTensorArray.from_numpy(np.ascontiguousarray(images[i : i + ROWS_PER_BLOCK])),
+            "label": pa.array(labels[i : i + ROWS_PER_BLOCK]),
+        }
+        if numbered:
+            columns[SAMPLE_INDEX] = pa.array(np.arange(i, min(i + ROWS_PER_BLOCK, len(images)), dtype=np.int64))
+        tables.append(pa.table(columns))
     return ray.data.from_arrow(tables)
 
 
@@ -101,11 +101,11 @@ def _fashion_mnist(config: PipelineConfig, stage: str, balance, whole_training_s
     kept = training.rows(train.labels, data.path)
     bank = stratified_sample(train.labels, e.knn_bank_size, seed)
     query = stratified_sample(test.labels, e.knn_query_size, seed)
-    pretrain = from_arrays(train.images[kept], train.labels[kept])
+    pretrain = from_arrays(train.images[kept], train.labels[kept], numbered=True)
     return PretrainData(
         train=_training_stream(pretrain.randomize_block_order(), config, stage, balance, len(kept)),
-        knn_bank=from_arrays(train.images[bank], train.labels[bank]).select_columns(["image", "label"]),
-        knn_query=from_arrays(test.images[query], test.labels[query]).select_columns(["image", "label"]),
+        knn_bank=from_arrays(train.images[bank], train.labels[bank]),
+        knn_query=from_arrays(test.images[query], test.labels[query]),
         train_size=len(kept),
         num_classes=len(fashion_mnist.CLASSES),
         label_subset=[str(i) for i in kept] if data.label_fraction is not None else None,
@@ -235,8 +235,8 @@ def build_eval_data(
         bank = stratified_sample(train.labels, train_size, seed)
         query = stratified_sample(test.labels, test_size, seed)
         return EvalData(
-            train=from_arrays(train.images[bank], train.labels[bank]).select_columns(["image", "label"]),
-            test=from_arrays(test.images[query], test.labels[query]).select_columns(["image", "label"]),
+            train=from_arrays(train.images[bank], train.labels[bank]),
+            test=from_arrays(test.images[query], test.labels[query]),
             classes=tuple(fashion_mnist.CLASSES),
             train_count=len(train.labels),
         )
