@@ -3,6 +3,7 @@ loop's own step (``ssl_ray.train.step``), with the clock a test names."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ssl_ray.methods.base import SSLMethod, TrainingClock
@@ -17,6 +18,14 @@ def take_step(
     return training_step(method, optimizer, batch, TrainingClock(step, total_steps, steps_per_epoch))
 
 
+def structured_images(n: int, seed: int) -> np.ndarray:
+    """``n`` random 28 x 28 uint8 images with a bright block: structure for crops to find."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=generator).numpy()
+    images[:, 8:20, 6:22] = 230
+    return images
+
+
 def fit_targets(method: SSLMethod, n: int = 64, seed: int = 0) -> dict:
     """For a method that fits targets (``fits_targets``): fit them as the loop does before the
     first epoch, to ``n`` structured random images numbered 0..n-1 (``batch_for``'s rows are the
@@ -25,8 +34,9 @@ def fit_targets(method: SSLMethod, n: int = 64, seed: int = 0) -> dict:
         return {}
     from ssl_ray.train.refit import refit_targets
 
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=generator)
-    images[:, 8:20, 6:22] = 230
-    batch = {"image": images, "label": torch.arange(n) % 4, "sample_index": torch.arange(n)}
+    batch = {
+        "image": torch.from_numpy(structured_images(n, seed)),
+        "label": torch.arange(n) % 4,
+        "sample_index": torch.arange(n),
+    }
     return refit_targets(method, None, lambda: [batch], n, 0, torch.device("cpu"))

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from steps import fit_targets, take_step
+from steps import fit_targets, structured_images, take_step
 
 from ssl_ray.config import ConfigError, config_from_dict, method_fields
 from ssl_ray.data import fashion_mnist
@@ -60,9 +60,7 @@ def small_config(name, tmp_path, **method):
 def batch_for(method, seed=0, n=32) -> Batch:
     """A batch as the loop gives ``method``: its own recipe's views and parts, made from
     structured random images, with labels (4 classes)."""
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=generator).numpy()
-    images[:, 8:20, 6:22] = 230  # structure for the crops to find
+    images = structured_images(n, seed)
     return method.recipe.batch_of(images, channels=1, seed=seed, labels=torch.arange(n) % 4)
 
 

@@ -32,10 +32,6 @@ class Clustering:
     centroids: np.ndarray  # (k, d) float32
     reseeded: int = 0  # clusters the fit left empty on its sample, re-seeded
 
-    @property
-    def k(self) -> int:
-        return len(self.centroids)
-
     def reduce(self, features: np.ndarray) -> np.ndarray:
         """Raw features (N, D) -> PCA-whitened, l2-normalised (N, d), as the fit saw them."""
         reduced = self.pca.apply(np.ascontiguousarray(features, dtype=np.float32))
@@ -88,9 +84,9 @@ def reseed_empty_clusters(
     """Sec. 3.3, "Empty clusters": "when a cluster becomes empty, we randomly select a non-empty
     cluster and use its centroid with a small random perturbation as the new centroid for the
     empty cluster. We then reassign the points belonging to the non-empty cluster to the two
-    resulting clusters." faiss does this while it fits; this does it for the final assignment of
-    every image, which can leave a cluster of the fitted sample empty. ``points`` are the
-    reduced features ``labels`` assign. Returns the new labels and centroids, and how many
+    resulting clusters." faiss does this between its iterations; this does it for the sample's
+    assignment to the final centroids, which can still leave a cluster empty. ``points`` are
+    the reduced features ``labels`` assign. Returns the new labels and centroids, and how many
     clusters were re-seeded."""
     labels, centroids = labels.copy(), centroids.copy()
     reseeded = 0
@@ -99,12 +95,12 @@ def reseed_empty_clusters(
         # A cluster of one point cannot be split between two centroids.
         donor = int(rng.choice(np.flatnonzero(sizes > 1)))
         noise = scale * rng.standard_normal(centroids.shape[1]).astype(np.float32)
-        centroids[empty], centroids[donor] = centroids[donor] + noise, centroids[donor] - noise
+        centre = centroids[donor].copy()
+        centroids[empty], centroids[donor] = centre + noise, centre - noise
         members = np.flatnonzero(labels == donor)
-        pair = centroids[[donor, empty]]
-        choice = nearest(points[members], pair)
+        choice = nearest(points[members], centroids[[donor, empty]])
         if choice.min() == choice.max():  # all on one side: split by the perturbation's direction
-            along = (points[members] - centroids[donor] + noise) @ noise
+            along = (points[members] - centre) @ noise
             choice = (along > np.median(along)).astype(np.int64)
             if choice.min() == choice.max():
                 choice[: len(choice) // 2] = 1

@@ -332,7 +332,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     every = w.config.eval.knn_every_epochs
     while w.epoch < w.config.train.epochs:
         fitted = {}
-        if w.method.fits_targets and w.method.targets_due(w.epoch):
+        if w.method.targets_due(w.epoch):
             fitted = w.fit_targets()
             if w.rank == 0:
                 _say(w, _fitted_line(w.epoch, fitted))
