@@ -16,9 +16,16 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 # Weight decays tried (L2 on the weights, per example: C = 1 / (wd * n)).
 WEIGHT_DECAYS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
+# Below this many feature entries (n x D) the fits run their BLAS and OpenMP on one thread.
+# Small L-BFGS steps spend more on waking threads than on arithmetic, and beside torch's own
+# OpenMP pool far more: the probe of 1,000 64-d features took 18.8 s on 2 threads and 0.96 s on
+# one (benchmarks/README.md, "Linear probe threads"). Above it (60,000 x 512: 1.47 s vs 1.61 s
+# per 30 iterations) more threads pay.
+ONE_THREAD_BELOW = 1 << 24
 
 
 @dataclass
@@ -59,6 +66,11 @@ def linear_probe(
 ) -> ProbeResult:
     """Choose the weight decay by held-out top-1 (fit on the rest of the training set), refit
     on the whole training set with it, report top-1/top-5 on the test set."""
+    with threadpool_limits(1 if train_x.size < ONE_THREAD_BELOW else None):
+        return _probe(train_x, train_y, test_x, test_y, seed, held_out, weight_decays, max_iter)
+
+
+def _probe(train_x, train_y, test_x, test_y, seed, held_out, weight_decays, max_iter) -> ProbeResult:
     fit, held = held_out_split(train_y, held_out, seed)
     scaler = StandardScaler().fit(train_x[fit])
     fit_x, held_x = scaler.transform(train_x[fit]), scaler.transform(train_x[held])
