@@ -110,6 +110,14 @@ class PipelineConfig(Section):
     def run_prefix(self) -> str:
         return self.train.run_name or f"{self.method.name}-{self.data.source.replace('_', '-')}"
 
+    def flat(self) -> dict[str, Any]:
+        """``{"train.epochs": 10, ...}``: the shape MLflow params and Tune spaces use."""
+        return {
+            f"{section}.{key}": value
+            for section, values in self.model_dump(mode="json").items()
+            for key, value in values.items()
+        }
+
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
@@ -243,12 +251,3 @@ def storage_from_overrides(overrides: list[str]) -> StorageConfig:
         return StorageConfig.model_validate(tree.get("storage", {}))
     except ValidationError as error:
         raise ConfigError(f"invalid config: {_describe(error, 'storage')}") from None
-
-
-def flatten(config: PipelineConfig) -> dict[str, Any]:
-    """``{"train.epochs": 10, ...}``: the shape MLflow params and Tune spaces use."""
-    out: dict[str, Any] = {}
-    for section, values in config.model_dump(mode="json").items():
-        for key, value in values.items():
-            out[f"{section}.{key}"] = value
-    return out

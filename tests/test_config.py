@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from ssl_ray.config import ConfigError, flatten, load_config, load_raw
+from ssl_ray.config import ConfigError, load_config, load_raw
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "pipelines" / "simclr_fashion_mnist.yaml"
@@ -22,7 +22,7 @@ def test_pipelines_load_and_overrides_apply(data_dir):
     assert config.train.epochs == 3
     assert config.augment.crop_scale == (0.3, 1.0)
     assert config.method.temperature == 0.5
-    assert flatten(config)["model.width"] == 32
+    assert config.flat()["model.width"] == 32
     full = load_config(ROOT / "pipelines" / "simclr_fashion_mnist_full.yaml")
     assert full.model.width == 64 and full.train.epochs == 200 and full.optim.name == "lars"
 
@@ -66,8 +66,8 @@ def test_method_fields_are_the_methods_own(data_dir):
         load_config(DEMO, ["method.queue_size=4096"])
     with pytest.raises(ConfigError, match=r"method\.queue_size: Input should be greater than 0"):
         load_config(DEMO, ["method.name=moco_v2", "method.queue_size=0"])
-    assert set(flatten(load_config(DEMO))) >= {"method.name", "method.temperature", "method.projection_dim"}
-    assert "method.queue_size" not in flatten(load_config(DEMO))
+    assert set(load_config(DEMO).flat()) >= {"method.name", "method.temperature", "method.projection_dim"}
+    assert "method.queue_size" not in load_config(DEMO).flat()
 
 
 def test_local_crops_must_be_smaller(data_dir):

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from sklearn.metrics import normalized_mutual_info_score
 from torch import nn
 
 from ssl_ray.methods.base import SSLMethod
@@ -102,6 +101,10 @@ class DeepCluster(SSLMethod):
         against the previous assignment (Fig. 2b) and against the true labels where known
         (Fig. 2a), the clusters the fit re-seeded and any left empty, and the largest cluster's
         share of the images (a sign of collapse)."""
+        # Imported here: every process that parses a pipeline imports every method (the command
+        # line, Ray Train's workers, Ray Data's tasks), and scikit-learn costs each of them 1 s.
+        from sklearn.metrics import normalized_mutual_info_score
+
         index, targets, labels = index.cpu().numpy(), targets.cpu().numpy(), labels.cpu().numpy()
         previous = self.assignments.cpu().numpy()[index]
         self.assignments[torch.from_numpy(index).to(self.assignments.device)] = torch.from_numpy(targets).to(

@@ -10,11 +10,14 @@ import contextlib
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
-from ssl_ray.config import PipelineConfig, flatten
+if TYPE_CHECKING:  # the config's module imports every method; Ray Train's controller, which
+    # runs the epoch logger (tracking/epoch_log.py), needs none of them
+    from ssl_ray.config import PipelineConfig
 
 RUN_NAME_TAG = "ssl_ray.run_name"
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
@@ -101,7 +104,7 @@ class RunTracker:
             },
         )
         tracker = cls(tracking_uri, run.info.run_id)
-        tracker.log_params({key: str(value) for key, value in flatten(config).items()})
+        tracker.log_params({key: str(value) for key, value in config.flat().items()})
         return tracker
 
     def log_params(self, params: dict[str, str]) -> None:
