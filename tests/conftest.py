@@ -66,3 +66,46 @@ def s3(s3_server):
     bucket = f"test-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=bucket)
     return client, bucket
+
+
+# What a GPU run does by default, exercised here on CPU workers: weights and images in
+# channels_last, and the colour part of the views made in the training loop.
+GPU_DEFAULTS = ["train.memory_format=channels_last", "augment.on=device"]
+
+
+@pytest.fixture(scope="session")
+def simclr_pretrained(tmp_path_factory, s3_server, mlflow_server, fashion_mnist_dir):
+    """One short SimCLR pretraining through the ``ssl-ray`` CLI that several modules inspect,
+    so the suite pays for it once: 2 DDP workers on 2,048 Fashion-MNIST images, one epoch, the
+    GPU defaults on CPU, per-step metrics, both kNN baselines, the end-of-run linear probe, a
+    registered encoder, and checkpoints in the S3 server's bucket. test_pretrain_e2e checks
+    what the run wrote; test_evaluate evaluates it from its run id, its registered model and
+    its checkpoint."""
+    import boto3
+    from cli import SMALL_RUN, pipeline, run_cli
+
+    tmp = tmp_path_factory.mktemp("simclr-pretrained")
+    bucket = f"e2e-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=bucket)
+    done = run_cli(
+        "pretrain",
+        pipeline("simclr_fashion_mnist"),
+        *SMALL_RUN,
+        *GPU_DEFAULTS,
+        "train.epochs=1",
+        "data.train_subset=2048",
+        "train.log_every_steps=1",
+        "train.run_name=e2e",
+        "tracking.experiment=e2e",
+        "tracking.registered_model=e2e-encoder",
+        f"train.storage_path=s3://{bucket}/runs",
+        f"storage.endpoint_url={s3_server}",
+        "eval.knn_bank_size=1000",
+        "eval.knn_query_size=500",
+        "eval.linear_probe_at_end=true",
+        "--tracking-uri",
+        mlflow_server,
+        cwd=tmp,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return {"done": done, "tmp": tmp, "bucket": bucket, "s3": s3_server, "experiment": "e2e"}

@@ -1,5 +1,5 @@
-"""``ssl-ray evaluate`` end to end: one short Fashion-MNIST pretraining with checkpoints in
-the S3 server, then the protocols from its MLflow run id (the CLI, every protocol, baselines,
+"""``ssl-ray evaluate`` end to end: the suite's short Fashion-MNIST pretraining (conftest.py),
+with checkpoints in the S3 server, then the protocols from its MLflow run id (the CLI, every protocol, baselines,
 diagnostics), from its registered model and from its checkpoint in the bucket (in process,
 sharing one Ray): all three must see the same encoder. And few-label fine-tuning."""
 
@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
 
-import boto3
 import mlflow.pytorch
 import numpy as np
 import pytest
 import ray
 import torch
 import yaml
-from cli import SMALL_RUN, joined_to_the_shared_head, pipeline, run_cli
+from cli import joined_to_the_shared_head, run_cli
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -34,36 +32,15 @@ EVAL_SIZES = ["--train-size", "1000", "--test-size", "300"]
 
 
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory, s3_server, mlflow_server, fashion_mnist_dir):
-    tmp = tmp_path_factory.mktemp("evaluate")
-    bucket = f"eval-{uuid.uuid4().hex[:10]}"
-    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=bucket)
-    done = run_cli(
-        "pretrain",
-        pipeline("simclr_fashion_mnist"),
-        *SMALL_RUN,
-        "train.epochs=1",
-        "data.train_subset=2048",
-        "train.run_name=eval-e2e",
-        "tracking.experiment=eval-e2e",
-        "tracking.registered_model=eval-e2e-encoder",
-        f"train.storage_path=s3://{bucket}/runs",
-        f"storage.endpoint_url={s3_server}",
-        "eval.knn_at_init=false",
-        "eval.knn_bank_size=1000",
-        "eval.knn_query_size=500",
-        "eval.linear_probe_at_end=true",
-        "--tracking-uri",
-        mlflow_server,
-        cwd=tmp,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+def pretrained(simclr_pretrained, mlflow_server):
+    """The suite's short SimCLR pretraining (conftest.py), checkpointed into the S3 server."""
+    done = simclr_pretrained["done"]
     run_id = re.search(r"MLflow run id:\s+(\w+)", done.stdout).group(1)
     checkpoint = re.search(r"checkpoint: (s3://\S+)\)", done.stdout).group(1)
     # eval.linear_probe_at_end: the probe ran into the run before the command returned.
     assert "Linear probe at the end" in done.stdout, done.stdout[-3000:]
     probe = MlflowClient(mlflow_server).get_run(run_id).data.metrics["eval/linear_top1"]
-    return {"run_id": run_id, "checkpoint": checkpoint, "tmp": tmp, "s3": s3_server, "probe_at_end": probe}
+    return {**simclr_pretrained, "run_id": run_id, "checkpoint": checkpoint, "probe_at_end": probe}
 
 
 def evaluate(source: str, mlflow_server: str, *extra: str, cwd) -> str:
@@ -129,10 +106,10 @@ def figures(evaluation: Evaluation) -> list[str]:
 def test_the_registered_model_is_the_checkpoints_encoder(pretrained, evaluated, mlflow_server, local_ray):
     client = MlflowClient(mlflow_server)
     tmp = str(pretrained["tmp"])
-    assert client.get_run(pretrained["run_id"]).data.tags["ssl_ray.registered_model"] == "eval-e2e-encoder"
+    assert client.get_run(pretrained["run_id"]).data.tags["ssl_ray.registered_model"] == "e2e-encoder"
     with mlflow_tracking_uri(mlflow_server):  # and back: later tests' CLIs must not inherit it
-        loaded = mlflow.pytorch.load_model("models:/eval-e2e-encoder/1", map_location="cpu")  # exported in eval mode
-        signature = mlflow.models.get_model_info("models:/eval-e2e-encoder/1").signature
+        loaded = mlflow.pytorch.load_model("models:/e2e-encoder/1", map_location="cpu")  # exported in eval mode
+        signature = mlflow.models.get_model_info("models:/e2e-encoder/1").signature
     config = config_from_dict(yaml.safe_load(open(client.download_artifacts(pretrained["run_id"], "config.yaml", tmp))))
     m = config.model
     reference, _ = build_backbone(m.backbone, 1, m.width, m.blocks, m.stem_stride, m.stem)
@@ -143,7 +120,7 @@ def test_the_registered_model_is_the_checkpoints_encoder(pretrained, evaluated, 
         assert torch.equal(loaded(images), reference.eval()(images))
     assert signature.inputs.to_dict()[0]["tensor-spec"]["dtype"] == "uint8"
     assert os.environ.get("MLFLOW_TRACKING_URI") != mlflow_server, "the global URI is put back"
-    assert figures(in_process("models:/eval-e2e-encoder/1", mlflow_server)) == trained_row(evaluated)
+    assert figures(in_process("models:/e2e-encoder/1", mlflow_server)) == trained_row(evaluated)
 
 
 def test_evaluate_a_checkpoint_in_the_bucket(pretrained, evaluated, mlflow_server, local_ray):
@@ -152,7 +129,7 @@ def test_evaluate_a_checkpoint_in_the_bucket(pretrained, evaluated, mlflow_serve
     assert figures(result) == trained_row(evaluated), "same weights, same images: the same figures"
     client = MlflowClient(mlflow_server)
     (run,) = client.search_runs(
-        [client.get_experiment_by_name("eval-e2e").experiment_id],
+        [client.get_experiment_by_name(pretrained["experiment"]).experiment_id],
         filter_string=f"tags.`ssl_ray.evaluates` = '{checkpoint}'",
     )
     assert run.info.run_id == result.run_id and run.info.status == "FINISHED"
@@ -175,7 +152,7 @@ def test_few_label_finetuning_through_ray_train(pretrained, mlflow_server, fashi
     assert tuned > 0.2, tuned  # 20 steps on 200 labels, 10 classes: well above chance
     client = MlflowClient(mlflow_server)
     (child,) = client.search_runs(
-        [client.get_experiment_by_name("eval-e2e").experiment_id],
+        [client.get_experiment_by_name(pretrained["experiment"]).experiment_id],
         filter_string=f"tags.`mlflow.parentRunId` = '{pretrained['run_id']}'",
     )
     assert child.data.params["method.name"] == "supervised" and child.data.params["data.label_fraction"] == "0.1"

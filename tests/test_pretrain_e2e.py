@@ -1,64 +1,71 @@
-"""End to end through the real stack: the ``ssl-ray`` CLI starts a local Ray cluster, trains
-SimCLR with 2 CPU workers (DDP over gloo) on Fashion-MNIST, checkpoints, resumes, and tracks
-everything in a real MLflow server."""
+"""End to end through the real stack: the ``ssl-ray`` CLI, joined to a local Ray cluster, trains
+SimCLR and every other method with 2 CPU workers (DDP over gloo) on Fashion-MNIST, checkpoints,
+resumes, and tracks everything in a real MLflow server."""
 
 from __future__ import annotations
 
 import math
 import re
-import subprocess
 from pathlib import Path
 
+import boto3
 import pytest
 import torch
-from cli import SMALL_RUN, pipeline, run_cli
+from cli import SMALL_RUN, joined_to_the_shared_head, pipeline, run_cli
 from mlflow.tracking import MlflowClient
 
+from ssl_ray.config import load_config
 from ssl_ray.methods import METHODS
 from ssl_ray.nn.backbones import build_backbone
 from ssl_ray.train.checkpoint import load_state
+from ssl_ray.train.trainer import PretrainResult, run_pretraining
 
-E2E_RUN = [
+# Every other method: its own pipeline, 2 workers, 2,048 images, per-step metrics.
+METHOD_RUN = [
     *SMALL_RUN,
     "data.train_subset=2048",
     "train.log_every_steps=1",
-    "train.run_name=e2e",
     "eval.knn_bank_size=2000",
     "eval.knn_query_size=1000",
+    "eval.knn_raw_pixels=false",
     "tracking.experiment=e2e",
 ]
 
 
-def pretrain(tmp_path: Path, tracking_uri: str, *extra: str, method: str = "simclr") -> subprocess.CompletedProcess:
-    done = run_cli(
-        "pretrain",
-        pipeline(f"{method}_fashion_mnist"),
-        *E2E_RUN,
+@pytest.fixture(scope="module")
+def local_ray():
+    """The suite's Ray head, joined in-process: the methods' runs below are driven by the
+    training driver itself (``run_pretraining``), as the command line drives it, without a
+    process start and the command line's end-of-run registration each (SimCLR's run covers
+    both, through the CLI)."""
+    with joined_to_the_shared_head():
+        yield
+
+
+def pretrain(tmp_path: Path, tracking_uri: str, method: str, *extra: str, resume: bool = False) -> PretrainResult:
+    overrides = [
+        *METHOD_RUN,
         f"train.storage_path={tmp_path / 'runs'}",
-        "--tracking-uri",
-        tracking_uri,
+        f"tracking.tracking_uri={tracking_uri}",
         *extra,
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    return done
+    ]
+    return run_pretraining(load_config(pipeline(f"{method}_fashion_mnist"), overrides), resume=resume)
 
 
-# What a GPU run does by default, exercised here on CPU workers: weights and images in
-# channels_last, and the colour part of the views made in the training loop.
-GPU_DEFAULTS = ["train.memory_format=channels_last", "augment.on=device"]
-
-
-def test_pretrain_checkpoint_resume_and_mlflow(tmp_path, mlflow_server, fashion_mnist_dir):
-    first = pretrain(tmp_path, mlflow_server, "train.epochs=1", *GPU_DEFAULTS)
+def test_pretrain_checkpoint_and_mlflow(simclr_pretrained, mlflow_server):
+    """The suite's SimCLR run (conftest.py): what the CLI printed, the checkpoint in the bucket,
+    and everything MLflow holds of it."""
+    first, tmp = simclr_pretrained["done"], simclr_pretrained["tmp"]
     run_id = re.search(r"MLflow run id:\s+(\w+)", first.stdout).group(1)
     assert f"open {mlflow_server}/#/experiments/" in first.stdout and f"/runs/{run_id}" in first.stdout
     for row in ("raw pixels", "random-init encoder", "trained encoder"):
         assert re.search(rf"^  {row}\s+\d+\.\d%", first.stdout, re.M), first.stdout
-    runs = [p for p in (tmp_path / "runs").iterdir() if p.name.startswith("e2e-")]
-    assert len(runs) == 1
-    checkpoints = sorted(p for p in runs[0].glob("checkpoint_*") if p.is_dir())
-    assert checkpoints and (checkpoints[-1] / "state.pt").is_file()
+    bucket = simclr_pretrained["bucket"]
+    ray_run = re.search(r"Ray Train run:\s+(e2e-\d{8}-\d{6})\s", first.stdout).group(1)
+    assert re.search(rf"checkpoint: s3://{bucket}/runs/{ray_run}/checkpoint_", first.stdout), first.stdout
+    s3 = boto3.client("s3", endpoint_url=simclr_pretrained["s3"], region_name="us-east-1")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"runs/{ray_run}/")["Contents"]]
+    assert any(re.fullmatch(rf"runs/{ray_run}/checkpoint_[^/]+/state\.pt", k) for k in keys), keys
 
     client = MlflowClient(mlflow_server)
     run = client.get_run(run_id)
@@ -66,6 +73,7 @@ def test_pretrain_checkpoint_resume_and_mlflow(tmp_path, mlflow_server, fashion_
     assert run.data.params["train.num_workers"] == "2"
     assert run.data.params["method.temperature"] == "0.2"
     assert run.data.params["data.train_subset"] == "2048"
+    assert run.data.params["train.memory_format"] == "channels_last" and run.data.params["augment.on"] == "device"
     steps = sorted(client.get_metric_history(run_id, "loss_step"), key=lambda m: m.step)
     assert len(steps) == 2048 // 128
     losses = [m.value for m in steps]
@@ -82,12 +90,12 @@ def test_pretrain_checkpoint_resume_and_mlflow(tmp_path, mlflow_server, fashion_
     assert "encoder/encoder.pt" in {a.path for a in client.list_artifacts(run_id, "encoder")}
     assert "plots/curves.png" in {a.path for a in client.list_artifacts(run_id, "plots")}
     assert "config.yaml" in {a.path for a in client.list_artifacts(run_id)}
-    encoder_file = client.download_artifacts(run_id, "encoder/encoder.pt", str(tmp_path))
+    encoder_file = client.download_artifacts(run_id, "encoder/encoder.pt", str(tmp))
     weights = torch.load(encoder_file, weights_only=True)
     encoder, _ = build_backbone("resnet18", 1, width=8, blocks=(1, 1, 1, 1))
     encoder.load_state_dict(weights)  # the artifact is exactly the backbone, loadable as is
-    # --resume into the same MLflow run: DINO's run below, and SimCLR's from the bucket
-    # (test_object_storage.py).
+    # --resume into the same MLflow run: DeepCluster's and PIRL's runs below, and SimCLR's from
+    # the bucket (test_object_storage.py).
 
 
 # The runs that also resume: their momentum targets and buffers must come back.
@@ -119,12 +127,14 @@ def _slow_if_covered(method: str):
     return params
 
 
-# SimCLR is covered below in full, and the supervised method by the evaluation's fine-tuning
-# run (tests/test_evaluate.py).
+# SimCLR is covered above in full (through the command line), and the supervised method by the
+# evaluation's fine-tuning run (tests/test_evaluate.py).
 @pytest.mark.parametrize(
     "method, resumed", [p for m in sorted(set(METHODS) - {"simclr", "supervised"}) for p in _slow_if_covered(m)]
 )
-def test_every_method_trains_through_ray_train(tmp_path, mlflow_server, fashion_mnist_dir, method, resumed):
+def test_every_method_trains_through_ray_train(
+    tmp_path, mlflow_server, fashion_mnist_dir, local_ray, capsys, method, resumed
+):
     """Every other method, from its own pipeline file: one short 2-worker DDP epoch with a
     falling loss and its collapse monitors logged. DINO, MoCo v2, PIRL and DeepCluster also
     resume, and their momentum targets and buffers (DINO's centre, MoCo's queue, PIRL's bank,
@@ -155,14 +165,10 @@ def test_every_method_trains_through_ray_train(tmp_path, mlflow_server, fashion_
             "method.out_dim=1024",
         ],
     }
-    common = [
-        *special.get(method, []),
-        "data.train_subset=2048",
-        f"train.run_name=e2e-{method}",
-        "eval.knn_raw_pixels=false",
-    ]
-    done = pretrain(tmp_path, mlflow_server, "train.epochs=1", *common, method=method)
-    run_id = re.search(r"MLflow run id:\s+(\w+)", done.stdout).group(1)
+    common = [*special.get(method, []), f"train.run_name=e2e-{method}"]
+    done = pretrain(tmp_path, mlflow_server, method, "train.epochs=1", *common)
+    console = capsys.readouterr().out
+    run_id = done.mlflow_run_id
     client = MlflowClient(mlflow_server)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.params["method.name"] == method
@@ -178,12 +184,12 @@ def test_every_method_trains_through_ray_train(tmp_path, mlflow_server, fashion_
     if method == "deepcluster":
         assert [m.step for m in client.get_metric_history(run_id, "nmi_labels")] == [1]
         assert 0.0 < run.data.metrics["nmi_labels"] < 1.0 and run.data.metrics["clusters_empty"] == 0
-        assert "epoch 1: new targets for 2048 images, NMI with the labels" in done.stdout
+        assert "epoch 1: new targets for 2048 images, NMI with the labels" in console
     if not resumed:
         return
 
-    second = pretrain(tmp_path, mlflow_server, "train.epochs=2", *common, "--resume", method=method)
-    assert re.search(r"MLflow run id:\s+(\w+)", second.stdout).group(1) == run_id
+    second = pretrain(tmp_path, mlflow_server, method, "train.epochs=2", *common, resume=True)
+    assert second.mlflow_run_id == run_id and second.epochs_done == 2
     assert len([p for p in (tmp_path / "runs").iterdir() if p.name.startswith(f"e2e-{method}-")]) == 1
     epochs = [m.step for m in client.get_metric_history(run_id, "loss")]
     assert sorted(epochs) == [1, 2], "the resumed run trains epoch 2 only, into the same MLflow run"
