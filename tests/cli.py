@@ -27,6 +27,11 @@ SMALL_RUN = [
     "train.threads_per_worker=1",
     "optim.warmup_epochs=0",
 ]
+# The same with one worker, for runs whose subject is not DDP (each worker costs a process
+# start, about 5 s of these 2 cores): what every rank must agree on is tested on 2 gloo ranks
+# (test_guard_and_epoch_log, test_queue, test_memory_bank, test_deepcluster) and through Ray
+# Train by the 2-worker runs (SimCLR's, the methods', ASHA's sweep, the killed worker).
+ONE_WORKER = ["train.num_workers=1"]
 
 
 def pipeline(name: str) -> str:

@@ -14,7 +14,7 @@ import pytest
 import ray
 import torch
 import yaml
-from cli import joined_to_the_shared_head, run_cli
+from cli import ONE_WORKER, joined_to_the_shared_head, run_cli
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -142,6 +142,7 @@ def test_few_label_finetuning_through_ray_train(pretrained, mlflow_server, fashi
     result = in_process(
         pretrained["run_id"],
         mlflow_server,
+        *ONE_WORKER,
         protocols=("finetune",),
         label_fractions=(0.1,),
         finetune_epochs=10,

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import ray
-from cli import SMALL_RUN, joined_to_the_shared_head, pipeline, run_cli
+from cli import ONE_WORKER, SMALL_RUN, joined_to_the_shared_head, pipeline, run_cli
 from imagefiles import BAD_FILES, bad_files, encode, fashion_mnist_folder, odd_mode_files, upload, write_local
 from mlflow.tracking import MlflowClient
 from PIL import Image
@@ -270,6 +270,7 @@ def test_pretrain_from_the_bucket_checkpoint_to_it_and_resume(
             "pretrain",
             pipeline("simclr_fashion_mnist"),
             *SMALL_RUN,
+            *ONE_WORKER,
             "data.source=images",
             f"data.path={train_url}",
             f"data.val_path=s3://{bucket}/val-shards",

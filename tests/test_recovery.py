@@ -14,7 +14,7 @@ from collections import Counter
 import psutil
 import pytest
 import torch
-from cli import SMALL_RUN, pipeline, run_cli, shared_ray_head, shared_ray_head_process
+from cli import ONE_WORKER, SMALL_RUN, pipeline, run_cli, shared_ray_head, shared_ray_head_process
 from mlflow.tracking import MlflowClient
 
 from ssl_ray.train.checkpoint import IncompleteCheckpointError, load_state, save_state
@@ -147,6 +147,7 @@ def test_nan_losses_stop_the_run_without_a_checkpoint(tmp_path, mlflow_server, f
         "pretrain",
         pipeline("simclr_fashion_mnist"),
         *RUN,
+        *ONE_WORKER,
         "train.epochs=2",
         "train.run_name=nan",
         "tracking.experiment=nan",

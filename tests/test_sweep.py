@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli import ROOT, SMALL_RUN, pipeline, run_cli, shared_ray_head
+from cli import ONE_WORKER, ROOT, SMALL_RUN, pipeline, run_cli, shared_ray_head
 from mlflow.tracking import MlflowClient
 
 from ssl_ray.config import load_config, load_raw
@@ -276,6 +276,7 @@ def test_an_interrupted_sweep_resumes_without_repeating_finished_trials(tmp_path
         "--scheduler",
         "none",
         "train.epochs=2",
+        *ONE_WORKER,
         "tracking.experiment=sweep-resume",
     ]
     log = open(tmp_path / "first.log", "w")
