@@ -8,21 +8,24 @@
 # 10,000), LABELS the fine-tuning shares (default "10%"; "1% 10%" for both), FINETUNE_EPOCHS its
 # epochs (default 30), KNN_EVERY the pretraining's kNN monitor interval in epochs (default 1; the
 # evaluation measures kNN again at the end), BASELINES=0 to skip the baselines (a continued
-# table whose first part measured them).
+# table whose first part measured them), DISTILL=1 to distil each fine-tuned network into a
+# student too (SimCLR v2's third step).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 epochs="${1:-2}"
 shift || true
 methods=("$@")
-# Default: every registered method but the supervised reference (run at the end).
+# Default: every registered method but the supervised reference (run at the end) and the
+# distillation (a protocol of the evaluation: DISTILL=1).
 [[ ${#methods[@]} -gt 0 ]] || mapfile -t methods < <(.venv/bin/python -c \
-  'from ssl_ray.methods import METHODS; print("\n".join(sorted(m for m in METHODS if m != "supervised")))')
+  'from ssl_ray.methods import METHODS; print("\n".join(sorted(set(METHODS) - {"supervised", "distill"})))')
 experiment="methods-${epochs}ep"
 sizes=()
 [[ -n "${EVAL_TRAIN:-}" ]] && sizes+=(--train-size "$EVAL_TRAIN")
 [[ -n "${EVAL_TEST:-}" ]] && sizes+=(--test-size "$EVAL_TEST")
 protocols=(--protocol knn --protocol linear --protocol finetune --finetune-epochs "${FINETUNE_EPOCHS:-30}" --no-diagnostics)
 for share in ${LABELS:-10%}; do protocols+=(--labels "$share"); done
+[[ ${DISTILL:-0} == 1 ]] && protocols+=(--protocol distill)
 first=${BASELINES:-1}
 for method in "${methods[@]}"; do
   out=$(.venv/bin/ssl-ray pretrain "pipelines/${method}_fashion_mnist.yaml" "train.epochs=${epochs}" \

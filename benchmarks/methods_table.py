@@ -41,8 +41,14 @@ for name, run in sorted(newest.items()):
         f"| {m['collapse_std'] * dim**0.5:.2f} | {m['collapse_rank']:.1f} | {m['images_per_s']:.0f} | {minutes:.1f} |"
     )
 
-tuned = sorted({k.split("/")[-1] for r in newest.values() for k in r.data.metrics if "finetune_top1_" in k})
-header = ["kNN k 200", "kNN k 20", "linear top-1"] + [t.replace("finetune_top1_", "fine-tuned ") for t in tuned]
+tuned = [
+    key
+    for kind in ("finetune_top1_", "distill_top1_")
+    for key in sorted({k.split("/")[-1] for r in newest.values() for k in r.data.metrics if kind in k})
+]
+header = ["kNN k 200", "kNN k 20", "linear top-1"] + [
+    t.replace("finetune_top1_", "fine-tuned ").replace("distill_top1_", "distilled ") for t in tuned
+]
 keys = ["knn_top1_k200", "knn_top1_k20", "linear_top1", *tuned]
 print("\n| encoder | " + " | ".join(header) + " |")
 print("|---" * (len(header) + 1) + "|")

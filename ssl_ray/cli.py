@@ -244,8 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--protocol",
         action="append",
-        choices=["knn", "linear", "finetune"],
-        help="repeat for several (default: knn and linear)",
+        choices=["knn", "linear", "finetune", "distill"],
+        help="repeat for several (default: knn and linear); distill: the fine-tuned network taught to a student "
+        "on the unlabelled images (SimCLR v2), with finetune",
     )
     check.add_argument(
         "--labels",

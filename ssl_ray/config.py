@@ -107,6 +107,14 @@ class PipelineConfig(Section):
         return METHODS[self.method.name].recipe(self.method, self.augment)
 
     @property
+    def encoder_head(self) -> tuple[int, ...]:
+        """The head layers that belong to the encoder (``build_encoder``'s ``head``):
+        ``model.encoder_head`` when set, else what the method keeps (``SSLMethod.kept_head``)."""
+        if self.model.encoder_head is not None:
+            return self.model.encoder_head
+        return METHODS[self.method.name].kept_head(self.method)
+
+    @property
     def run_prefix(self) -> str:
         return self.train.run_name or f"{self.method.name}-{self.data.source.replace('_', '-')}"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlparse
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
@@ -208,6 +208,11 @@ class ModelConfig(Section):
     # ViTs: the patch side in pixels (every crop size must be a multiple of it), and blocks.
     patch_size: int = Field(default=4, ge=1)
     vit_depth: int = Field(default=12, ge=1)
+    # Widths of Linear-BN-ReLU layers on the pooled features that are part of the encoder: kept,
+    # evaluated, exported and fine-tuned with it. None: what the method keeps of its head
+    # (SimCLR v2: its projector's first layer; every other method: nothing). A fine-tuning or
+    # distillation run of such an encoder carries the widths here.
+    encoder_head: tuple[Annotated[int, Field(gt=0)], ...] | None = None
 
 
 class OptimConfig(Section):

@@ -93,6 +93,23 @@ def test_the_pipeline_draws_every_pseudo_class_about_equally(local_ray):
     assert abs(share[1] - 0.5) < 0.03, share  # 12.5% of the images, half the draws
 
 
+def test_more_clusters_than_training_images_is_refused_before_any_worker_starts(fashion_mnist_dir, local_ray):
+    """Counted once the data are known (a folder's count is what decodes), named by its field."""
+    from ssl_ray.config import ConfigError, config_from_dict
+    from ssl_ray.data.sources import build_pretrain_data
+    from ssl_ray.train.trainer import _sized_by_the_data
+
+    raw = {"method": {"name": "deepcluster", "num_clusters": 100}, "augment": {"global_crops": 1}}
+    for subset, refused in ((64, True), (100, False)):
+        config = config_from_dict({**raw, "data": {"path": str(fashion_mnist_dir), "train_subset": subset}})
+        data = build_pretrain_data(config, whole_training_set=True)
+        if not refused:
+            assert _sized_by_the_data(config, data).method.num_samples == 100
+            continue
+        with pytest.raises(ConfigError, match=r"^method\.num_clusters: 100 clusters need .* and there are 64$"):
+            _sized_by_the_data(config, data)
+
+
 def test_deepcluster_adopts_its_clusters_resets_its_classifier_and_logs_nmi(tmp_path):
     method = build_method(small_config("deepcluster", tmp_path))
     assert method.targets_due(0) and int(method.clustered_at_epoch) == -1

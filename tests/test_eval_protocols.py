@@ -80,11 +80,11 @@ def test_finetuning_a_multi_crop_run_uses_two_global_views(tmp_path):
     """A DINO or SwAV run (global and local crops) fine-tunes with the supervised method,
     which takes two views: the fine-tuning config drops the local crops."""
     from ssl_ray.config import load_config
-    from ssl_ray.eval.finetune import finetune_config
+    from ssl_ray.eval.finetune import RunSizes, finetune_config
 
     dino = load_config("pipelines/dino_fashion_mnist.yaml", [f"data.path={tmp_path}"])
     assert dino.augment.local_crops == 4
-    tuned = finetune_config(dino, 0.1, epochs=2)
+    tuned = finetune_config(dino, 0.1, RunSizes(epochs=2))
     assert tuned.method.name == "supervised"
     assert (tuned.augment.global_crops, tuned.augment.local_crops) == (2, 0)
 
@@ -93,9 +93,9 @@ def test_finetuning_a_pretext_run_trains_at_the_size_it_is_scored_at(tmp_path):
     """Relative location's views are 48 px (room for its patches); its fine-tuning is scored on
     the 28 px test images, so it trains its classifier at 28 px, from two views."""
     from ssl_ray.config import load_config
-    from ssl_ray.eval.finetune import finetune_config
+    from ssl_ray.eval.finetune import RunSizes, finetune_config
 
     pretext = load_config("pipelines/relative_location_fashion_mnist.yaml", [f"data.path={tmp_path}"])
     assert (pretext.augment.image_size, pretext.augment.global_crops) == (48, 1)
-    tuned = finetune_config(pretext, 0.1, epochs=2)
+    tuned = finetune_config(pretext, 0.1, RunSizes(epochs=2))
     assert (tuned.augment.image_size, tuned.augment.global_crops, tuned.method.name) == (28, 2, "supervised")

@@ -136,38 +136,56 @@ def test_evaluate_a_checkpoint_in_the_bucket(pretrained, evaluated, mlflow_serve
     assert 0.3 < run.data.metrics["eval/linear_top1"] <= 1.0
 
 
-def test_few_label_finetuning_through_ray_train(pretrained, mlflow_server, fashion_mnist_dir, local_ray):
-    """10% of 2,000 labels (10% of each class), 10 epochs from the pretrained encoder: a run of
-    the supervised method through Ray Train, nested under the pretraining's run."""
+def test_few_label_finetuning_and_distillation_through_ray_train(
+    pretrained, mlflow_server, fashion_mnist_dir, local_ray
+):
+    """10% of 1,000 labels (10% of each class), 10 epochs from the pretrained encoder: a run of
+    the supervised method through Ray Train, nested under the pretraining's run; then that
+    network distilled into a student on all 1,000 images, their labels unused (SimCLR v2's
+    third step), nested the same way."""
     result = in_process(
         pretrained["run_id"],
         mlflow_server,
         *ONE_WORKER,
-        protocols=("finetune",),
+        protocols=("finetune", "distill"),
         label_fractions=(0.1,),
         finetune_epochs=10,
-        train_size=2000,
+        train_size=1000,
         test_size=500,
     )
-    (tuned,) = [r.metrics["finetune_top1_10pct"] for r in result.results]
-    assert tuned > 0.2, tuned  # 20 steps on 200 labels, 10 classes: well above chance
+    ((tuned, distilled),) = [
+        (r.metrics["finetune_top1_10pct"], r.metrics["distill_top1_10pct"]) for r in result.results
+    ]
+    assert tuned > 0.2, tuned  # 20 steps on 100 labels, 10 classes: well above chance
+    assert distilled > 0.2, distilled  # the student of that teacher: above chance too
+    assert "distilled 10pct" in result.table()
     client = MlflowClient(mlflow_server)
-    (child,) = client.search_runs(
+    children = client.search_runs(
         [client.get_experiment_by_name(pretrained["experiment"]).experiment_id],
         filter_string=f"tags.`mlflow.parentRunId` = '{pretrained['run_id']}'",
     )
-    assert child.data.params["method.name"] == "supervised" and child.data.params["data.label_fraction"] == "0.1"
+    (child,) = [c for c in children if c.data.params["method.name"] == "supervised"]
+    assert child.data.params["data.label_fraction"] == "0.1"
     assert child.info.status == "FINISHED" and child.data.metrics["test_top1"] == pytest.approx(tuned)
     path = client.download_artifacts(child.info.run_id, "labels/label_subset.txt", str(pretrained["tmp"]))
     subset = [int(i) for i in open(path).read().split()]
-    # The pool is the run's class-stratified sample of 2,000 training images (its train.seed);
+    # The pool is the run's class-stratified sample of 1,000 training images (its train.seed);
     # the few labels are 10% of each class of it.
     labels = load_split(str(fashion_mnist_dir), "train").labels
-    pool = stratified_sample(labels, 2000, int(child.data.params["train.seed"]))
+    pool = stratified_sample(labels, 1000, int(child.data.params["train.seed"]))
     assert set(subset) <= set(pool.tolist())
     per_class = np.bincount(labels[pool], minlength=10)
     assert np.bincount(labels[subset], minlength=10).tolist() == np.round(0.1 * per_class).astype(int).tolist()
-    assert client.get_run(pretrained["run_id"]).data.metrics["eval/finetune_top1_10pct"] == pytest.approx(tuned)
+    metrics = client.get_run(pretrained["run_id"]).data.metrics
+    assert metrics["eval/finetune_top1_10pct"] == pytest.approx(tuned)
+    # The student: every image of the pool (no label subset), 10 epochs as its teacher had.
+    (student,) = [c for c in children if c.data.params["method.name"] == "distill"]
+    assert student.info.status == "FINISHED" and student.data.params["data.label_fraction"] == "None"
+    assert student.data.params["method.temperature"] == "1.0" and student.data.params["train.epochs"] == "10"
+    assert student.data.metrics["test_top1"] == pytest.approx(distilled)
+    assert metrics["eval/distill_top1_10pct"] == pytest.approx(distilled)
+    steps = {m.step for m in client.get_metric_history(student.info.run_id, "loss_step")}
+    assert max(steps) == 10 * (1000 // int(student.data.params["train.batch_size"]))  # 1,000 images an epoch
 
 
 def test_label_shares_on_the_command_line():

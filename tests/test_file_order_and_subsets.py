@@ -18,7 +18,7 @@ from ssl_ray.data import files
 from ssl_ray.data.files import image_files, parquet_shards
 from ssl_ray.data.sources import build_eval_data, build_pretrain_data
 from ssl_ray.data.subsets import Selection, stratified_sample
-from ssl_ray.eval.finetune import finetune_config
+from ssl_ray.eval.finetune import RunSizes, finetune_config
 from ssl_ray.monitors.knn import k_for_bank
 
 CLASSES = 10
@@ -205,7 +205,7 @@ def test_evaluate_sizes_are_stratified_and_seeded(folders, local_ray):
 def test_few_label_share_comes_from_a_stratified_pool(folders, sorted_shards, local_ray):
     train, _ = folders
     pretraining = folder_config(train)
-    tuned = finetune_config(pretraining, 0.1, train_size=100, pool_size=CLASSES * PER_CLASS)
+    tuned = finetune_config(pretraining, 0.1, RunSizes(train_size=100, pool_size=CLASSES * PER_CLASS))
     data = build_pretrain_data(tuned)
     assert data.train_size == 10 and len(data.label_subset) == 10
     assert sorted({path.split("/")[-2] for path in data.label_subset}) == sorted(p.name for p in train.iterdir())

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ssl_ray.nn.backbones import build_backbone
-from ssl_ray.nn.heads import mlp, projection_head
+from ssl_ray.nn.heads import hidden_layers, mlp
 from ssl_ray.nn.schedules import warmup_cosine
 
 
@@ -89,7 +89,9 @@ def test_mlp_layout():
     head = mlp([32, 64, 16])
     kinds = [type(m).__name__ for m in head]
     assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear"]
-    assert projection_head(32, 64, 16)(torch.randn(4, 32)).shape == (4, 16)
+    assert head(torch.randn(4, 32)).shape == (4, 16)
+    kept = hidden_layers([32, 64, 64])  # what an encoder keeps of a head: every layer activated
+    assert [type(m).__name__ for m in kept] == ["Linear", "BatchNorm1d", "ReLU"] * 2
     with pytest.raises(ValueError):
         mlp([8])
 

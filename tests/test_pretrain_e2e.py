@@ -127,10 +127,11 @@ def _slow_if_covered(method: str):
     return params
 
 
-# SimCLR is covered above in full (through the command line), and the supervised method by the
-# evaluation's fine-tuning run (tests/test_evaluate.py).
+# SimCLR is covered above in full (through the command line), and the supervised and distill
+# methods by the evaluation's fine-tuning and distillation runs (tests/test_evaluate.py).
 @pytest.mark.parametrize(
-    "method, resumed", [p for m in sorted(set(METHODS) - {"simclr", "supervised"}) for p in _slow_if_covered(m)]
+    "method, resumed",
+    [p for m in sorted(set(METHODS) - {"simclr", "supervised", "distill"}) for p in _slow_if_covered(m)],
 )
 def test_every_method_trains_through_ray_train(
     tmp_path, mlflow_server, fashion_mnist_dir, local_ray, capsys, method, resumed

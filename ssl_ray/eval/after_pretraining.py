@@ -15,10 +15,11 @@ from ssl_ray.train.trainer import TrainedRun
 
 
 def register_encoder(run: TrainedRun) -> None:
-    """The backbone as an MLflow PyTorch model, registered (``tracking.registered_model``)."""
+    """The encoder (the backbone, with any head layers it keeps) as an MLflow PyTorch model,
+    registered (``tracking.registered_model``)."""
     config = run.config
     channels, size = config.data.channels, config.augment.image_size
-    encoder, _ = build_encoder(config.model, channels, size)
+    encoder, _ = build_encoder(config.model, channels, size, config.encoder_head)
     encoder.load_state_dict(run.weights)
     example = np.random.default_rng(0).integers(0, 256, (2, channels, size, size), dtype=np.uint8)
     name = config.tracking.registered_model or f"{config.run_prefix}-encoder"

@@ -19,12 +19,14 @@ import numpy as np
 import ray
 import torch
 
+from ssl_ray.config import ConfigError
 from ssl_ray.console import start_ray
 from ssl_ray.data.errors import warn
 from ssl_ray.data.sources import EvalData, build_eval_data
 from ssl_ray.eval import diagnostics
+from ssl_ray.eval.distill import distill
 from ssl_ray.eval.encoders import TrainedEncoder
-from ssl_ray.eval.finetune import finetune, label_tag
+from ssl_ray.eval.finetune import RunSizes, finetune, label_tag
 from ssl_ray.eval.geometry import alignment, singular_spectrum, uniformity
 from ssl_ray.eval.inference import EncoderSpec, embed
 from ssl_ray.eval.probe import linear_probe
@@ -44,7 +46,7 @@ PREFIX = "eval"
 @dataclass(frozen=True)
 class EvaluateOptions:
     protocols: tuple[str, ...] = FROZEN_PROTOCOLS
-    label_fractions: tuple[float, ...] = (0.1,)  # for "finetune"
+    label_fractions: tuple[float, ...] = (0.1,)  # for "finetune" (and "distill", from each)
     finetune_epochs: int | None = None  # None: 60 at 1%, 30 at 10%, the pretraining's at 100%
     baselines: bool = True
     diagnostics: bool = True
@@ -52,6 +54,10 @@ class EvaluateOptions:
     train_size: int | None = None
     test_size: int | None = None
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if "distill" in self.protocols and "finetune" not in self.protocols:
+            raise ConfigError("--protocol distill needs --protocol finetune too: the fine-tuned network is its teacher")
 
 
 @dataclass
@@ -71,10 +77,14 @@ class Evaluation:
 
     def table(self) -> str:
         columns = [f"knn_top1_k{k}" for k in KNN_KS] + ["linear_top1", "linear_top5"]
-        columns += sorted({c for r in self.results for c in r.metrics if c.startswith("finetune_top1_")})
+        for kind in ("finetune_top1_", "distill_top1_"):
+            columns += sorted({c for r in self.results for c in r.metrics if c.startswith(kind)})
         present = [c for c in columns if any(c in r.metrics for r in self.results)]
         headers = {
-            c: c.replace("knn_top1_", "kNN ").replace("linear_", "linear ").replace("finetune_top1_", "tuned ")
+            c: c.replace("knn_top1_", "kNN ")
+            .replace("linear_", "linear ")
+            .replace("finetune_top1_", "tuned ")
+            .replace("distill_top1_", "distilled ")
             for c in present
         }
         lines = [f"{'':22}" + "".join(f"{headers[c]:>14}" for c in present)]
@@ -126,7 +136,14 @@ def _diagnostics(
     sample = data.test.limit(DIAGNOSTIC_SAMPLE).take_batch(DIAGNOSTIC_SAMPLE, batch_format="numpy")
     images, labels = sample["image"], sample["label"]
     model = (
-        EncoderSpec("weights", config.model, config.data.channels, encoder.state, image_size=config.augment.image_size)
+        EncoderSpec(
+            "weights",
+            config.model,
+            config.data.channels,
+            encoder.state,
+            image_size=config.augment.image_size,
+            head=config.encoder_head,
+        )
         .build()
         .eval()
     )
@@ -179,12 +196,11 @@ def evaluate(encoder: TrainedEncoder, options: EvaluateOptions, tracking_uri: st
     # their input (all CPUs as actors would starve those tasks and hang the pass).
     cpus = int(ray.cluster_resources().get("CPU", 1))
     actors = int(ray.cluster_resources()["GPU"]) if use_gpu else max(1, cpus - 1)
-    channels, size = config.data.channels, config.augment.image_size
-    specs = [
-        ("trained encoder", PREFIX, EncoderSpec("weights", config.model, channels, encoder.state, image_size=size))
-    ]
+    channels, size, head = config.data.channels, config.augment.image_size, config.encoder_head
+    trained = EncoderSpec("weights", config.model, channels, encoder.state, image_size=size, head=head)
+    specs = [("trained encoder", PREFIX, trained)]
     if options.baselines:
-        random_init = EncoderSpec("random", config.model, channels, seed=config.train.seed, image_size=size)
+        random_init = EncoderSpec("random", config.model, channels, seed=config.train.seed, image_size=size, head=head)
         specs.append(("random-init encoder", f"{PREFIX}/random_init", random_init))
         if config.eval.knn_raw_pixels:
             specs.append(("raw pixels", f"{PREFIX}/raw_pixels", EncoderSpec("pixels", config.model, channels)))
@@ -201,19 +217,16 @@ def evaluate(encoder: TrainedEncoder, options: EvaluateOptions, tracking_uri: st
     tracker = _target_run(encoder, tracking_uri)
     if "finetune" in options.protocols:
         starts = [encoder.state, None] if options.baselines else [encoder.state]  # None: the random init
+        sizes = RunSizes(options.finetune_epochs, options.train_size, options.test_size, options.seed, data.train_count)
         for fraction in options.label_fractions:
+            tag = label_tag(fraction)
             for result, start in zip(results, starts):
-                result.metrics[f"finetune_top1_{label_tag(fraction)}"] = finetune(
-                    config,
-                    start,
-                    fraction,
-                    tracker.run_id,
-                    options.finetune_epochs,
-                    options.train_size,
-                    options.test_size,
-                    options.seed,
-                    data.train_count,
-                )
+                tuned = finetune(config, start, fraction, tracker.run_id, sizes)
+                result.metrics[f"finetune_top1_{tag}"] = tuned.test_top1
+                if "distill" in options.protocols and start is not None:
+                    result.metrics[f"distill_top1_{tag}"] = distill(
+                        config, start, tuned, fraction, tracker.run_id, sizes
+                    )
     results = [r for r in results if r.metrics]
     numbers: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as out:

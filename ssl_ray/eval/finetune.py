@@ -10,6 +10,7 @@ the run being evaluated; its classifier's top-1 on the test images is the protoc
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -27,25 +28,36 @@ def label_tag(fraction: float) -> str:
     return f"{100 * fraction:g}pct"
 
 
+@dataclass(frozen=True)
+class RunSizes:
+    """How long, and on which images, the evaluation's training runs go."""
+
+    epochs: int | None = None  # None: 60 at 1%, 30 at 10%, the pretraining's at 100%
+    train_size: int | None = None  # a class-stratified sample of the labelled training images
+    test_size: int | None = None
+    seed: int = 0  # the few labels' draw
+    pool_size: int | None = None  # the labelled training images there are (what a batch must fit)
+
+
+EVERY_IMAGE = RunSizes()  # the defaults: every labelled image, the fraction's epochs
+
+
 def finetune_config(
-    pretraining: PipelineConfig,
-    fraction: float,
-    epochs: int | None = None,
-    train_size: int | None = None,
-    test_size: int | None = None,
-    seed: int = 0,
-    from_scratch: bool = False,
-    pool_size: int | None = None,
+    pretraining: PipelineConfig, fraction: float, sizes: RunSizes = EVERY_IMAGE, from_scratch: bool = False
 ) -> PipelineConfig:
-    """``pool_size``: the labelled training images there are (what the batch must fit); the
-    few labels are a class-balanced share of a ``train_size`` stratified sample of them."""
+    """The few labels are a class-balanced share of a ``sizes.train_size`` stratified sample of
+    the labelled training images."""
     raw = pretraining.model_dump(mode="json")
-    epochs = epochs or EPOCHS_BY_FRACTION.get(fraction, pretraining.train.epochs)
-    labelled = min(train_size or math.inf, pool_size or math.inf)
+    epochs = sizes.epochs or EPOCHS_BY_FRACTION.get(fraction, pretraining.train.epochs)
+    train_size, test_size, seed = sizes.train_size, sizes.test_size, sizes.seed
+    labelled = min(train_size or math.inf, sizes.pool_size or math.inf)
     labelled = (60000 if labelled == math.inf else labelled) * fraction
     workers = pretraining.train.num_workers
     batch = max(workers, min(pretraining.train.batch_size, int(labelled // 2) // workers * workers))
     raw["method"] = {"name": "supervised"}
+    # The encoder as pretrained, with any head layers it keeps (SimCLR v2 fine-tunes from its
+    # projector's first layer): the supervised method's own declaration is none.
+    raw["model"]["encoder_head"] = list(pretraining.encoder_head)
     raw["data"].update(label_fraction=None if fraction >= 1.0 else fraction, label_seed=seed, train_subset=train_size)
     # Fine-tuning views: crop and flip, no colour (SimCLR's fine-tuning recipe), and no local
     # crops whatever the pretraining used (the classifier trains on one global view).
@@ -76,25 +88,35 @@ def finetune_config(
     return config_from_dict(raw)
 
 
+@dataclass(frozen=True)
+class FineTuned:
+    test_top1: float  # the classifier's, on the test images
+    model_state: dict[str, torch.Tensor]  # the whole network: encoder, feature norm, classifier
+
+
 def finetune(
     pretraining: PipelineConfig,
     backbone: dict[str, torch.Tensor] | None,
     fraction: float,
     parent_run_id: str,
-    epochs: int | None = None,
-    train_size: int | None = None,
-    test_size: int | None = None,
-    seed: int = 0,
-    pool_size: int | None = None,
-) -> float:
-    """Test top-1 after fine-tuning ``backbone`` (None: from the random init) on ``fraction``
-    of the labels."""
+    sizes: RunSizes = EVERY_IMAGE,
+) -> FineTuned:
+    """Fine-tunes ``backbone`` (None: from the random init) on ``fraction`` of the labels."""
     from ssl_ray.train.trainer import run_pretraining  # Ray Train's driver: only when needed
 
-    config = finetune_config(
-        pretraining, fraction, epochs, train_size, test_size, seed, from_scratch=backbone is None, pool_size=pool_size
+    config = finetune_config(pretraining, fraction, sizes, from_scratch=backbone is None)
+    start = None if backbone is None else {f"backbone.{k}": v for k, v in backbone.items()}
+    trained: dict = {}
+    result = run_pretraining(
+        config,
+        init_state=start,
+        parent_run_id=parent_run_id,
+        after_training=lambda run: trained.update(run.model_state),
     )
-    result = run_pretraining(config, init_backbone=backbone, parent_run_id=parent_run_id)
+    return FineTuned(classifier_top1(result), trained)
+
+
+def classifier_top1(result) -> float:
     if result.test_top1 is None:
-        raise RuntimeError(f"fine-tuning run {result.mlflow_run_id} reported no test_top1 (no labelled test set?)")
+        raise RuntimeError(f"run {result.mlflow_run_id} reported no test_top1 (no labelled test set?)")
     return result.test_top1

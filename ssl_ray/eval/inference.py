@@ -34,12 +34,13 @@ class EncoderSpec:
     state: dict[str, torch.Tensor] | None = None
     seed: int = 0
     image_size: int = 28  # what a ViT's position embeddings are sized for
+    head: tuple[int, ...] = ()  # head layers the encoder keeps (``PipelineConfig.encoder_head``)
 
     def build(self) -> nn.Module:
         if self.kind == "pixels":
             return pixels_as_features()
         torch.manual_seed(self.seed)
-        encoder, _ = build_encoder(self.model, self.channels, self.image_size)
+        encoder, _ = build_encoder(self.model, self.channels, self.image_size, self.head)
         if self.kind == "weights":
             encoder.load_state_dict(self.state)
         return encoder

@@ -69,6 +69,24 @@ class SSLMethod(nn.Module):
     fits_targets: ClassVar[bool] = False
     # Submodules re-initialised with each new set of targets: their optimiser state is dropped.
     reset_with_targets: ClassVar[tuple[str, ...]] = ()
+    # Submodules whose weights a run must be given to start from (a distillation's teacher:
+    # ``run_pretraining(init_state=...)``), and what to tell a user who starts one without.
+    given_state: ClassVar[tuple[str, ...]] = ()
+    given_state_why: ClassVar[str] = ""
+
+    @classmethod
+    def kept_head(cls, params: MethodParams) -> tuple[int, ...]:
+        """Widths of the head layers that stay with the backbone as part of the encoder after
+        pretraining (evaluated, exported, fine-tuned): the factory builds them onto the
+        backbone, so ``self.backbone`` includes them and the method's own head starts after
+        them. None by default (the backbone's pooled features are the representation)."""
+        return ()
+
+    @classmethod
+    def data_refusal(cls, params: MethodParams, train_size: int) -> str | None:
+        """Why the method cannot train on ``train_size`` images, naming the field to change;
+        None when it can. Asked once the data are counted, before any worker starts."""
+        return None
 
     @classmethod
     def recipe_parts(cls, params: MethodParams) -> tuple[RecipePart, ...]:

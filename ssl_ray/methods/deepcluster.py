@@ -53,6 +53,15 @@ class DeepCluster(SSLMethod):
         points_per_centroid: int = Field(default=256, gt=0)
 
     @classmethod
+    def data_refusal(cls, params, train_size: int) -> str | None:
+        if train_size < params.num_clusters:
+            return (
+                f"method.num_clusters: {params.num_clusters} clusters need at least as many training images, "
+                f"and there are {train_size}"
+            )
+        return None
+
+    @classmethod
     def recipe_parts(cls, params) -> tuple[SampleIndex, ...]:
         return (SampleIndex(),)
 

@@ -10,7 +10,7 @@ from torch import nn
 from ssl_ray.methods.base import SSLMethod
 from ssl_ray.methods.params import Projector, Temperature
 from ssl_ray.methods.registry import register_method
-from ssl_ray.nn.heads import projection_head
+from ssl_ray.nn.heads import mlp
 from ssl_ray.nn.losses import NTXentLoss
 from ssl_ray.views.recipe import Batch
 
@@ -23,9 +23,14 @@ class SimCLR(SSLMethod):
 
     def __init__(self, params, encoder, feature_dim, recipe) -> None:
         super().__init__(params, encoder, feature_dim, recipe)
-        m = params
-        self.projector = projection_head(self.feature_dim, m.projection_hidden_dim, m.projection_dim)
-        self.criterion = self.build_criterion(m)
+        self.projector = mlp(self.projector_dims(params, self.feature_dim))
+        self.criterion = self.build_criterion(params)
+
+    @staticmethod
+    def projector_dims(params, feature_dim: int) -> list[int]:
+        """g(.): "a MLP with one hidden layer to obtain z_i = g(h_i) = W2 relu(W1 h_i)" (Sec.
+        2.1); BN after the hidden layer, as in the reference code."""
+        return [feature_dim, params.projection_hidden_dim, params.projection_dim]
 
     @staticmethod
     def build_criterion(params) -> nn.Module:

@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from ssl_ray.nn.heads import hidden_layers
+
 if TYPE_CHECKING:
     from ssl_ray.sections import ModelConfig
 
@@ -98,8 +100,19 @@ def build_vit(name: str, in_channels: int, image_size: int, patch_size: int, dep
     return nn.Sequential(ImageInput(), vit), width
 
 
-def build_encoder(model: ModelConfig, in_channels: int, image_size: int) -> tuple[nn.Module, int]:
-    """The configured encoder and its feature width D (what every method and evaluation builds)."""
+def build_encoder(
+    model: ModelConfig, in_channels: int, image_size: int, head: tuple[int, ...] = ()
+) -> tuple[nn.Module, int]:
+    """The configured encoder and its feature width D (what every method and evaluation builds).
+    ``head``: widths of Linear-BN-ReLU layers on the pooled features that belong to the encoder
+    (SimCLR v2 keeps its projector's first layer, ``PipelineConfig.encoder_head``); they come
+    last in the same ``nn.Sequential``, so an encoder without them has the same weights' names."""
     if model.backbone.startswith("vit"):
-        return build_vit(model.backbone, in_channels, image_size, model.patch_size, model.vit_depth)
-    return build_backbone(model.backbone, in_channels, model.width, model.blocks, model.stem_stride, model.stem)
+        encoder, dim = build_vit(model.backbone, in_channels, image_size, model.patch_size, model.vit_depth)
+    else:
+        encoder, dim = build_backbone(
+            model.backbone, in_channels, model.width, model.blocks, model.stem_stride, model.stem
+        )
+    if not head:
+        return encoder, dim
+    return nn.Sequential(*encoder, hidden_layers([dim, *head])), head[-1]

@@ -1,4 +1,5 @@
-"""Self-distillation without labels (DINO): the student-teacher cross-entropy and the teacher's centre."""
+"""Distillation: DINO's student-teacher cross-entropy without labels and the teacher's centre,
+and the soft-target cross-entropy of a classifier distilled into a student (SimCLR v2)."""
 
 from __future__ import annotations
 
@@ -99,3 +100,18 @@ def updated_center(center: torch.Tensor, teacher_logits: list[torch.Tensor], mom
         local = torch.cat([t.detach().float() for t in teacher_logits])
         batch_center = all_reduce_mean(local.sum(dim=0)) / local.shape[0]
         return momentum * center.detach().float() + (1 - momentum) * batch_center
+
+
+class SoftTargetCrossEntropy(nn.Module):
+    """SimCLR v2's distillation loss (Chen et al. 2020b, Eq. 3, after Hinton et al. 2015):
+    -sum_y P_T(y | x; tau) log P_S(y | x; tau), P = softmax(logits / tau), averaged over the
+    batch; the teacher's side carries no gradient."""
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.temperature = temperature
+
+    @in_fp32
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        targets = F.softmax(teacher_logits.detach() / self.temperature, dim=1)
+        return -(targets * F.log_softmax(student_logits / self.temperature, dim=1)).sum(dim=1).mean()

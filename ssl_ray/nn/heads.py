@@ -18,23 +18,24 @@ def mlp(
     """
     if len(dims) < 2:
         raise ValueError(f"an MLP needs at least input and output widths, got {dims}")
-    layers: list[nn.Module] = []
-    for width_in, width_out in zip(dims[:-2], dims[1:-1]):
-        if hidden_bn:
-            layers += [nn.Linear(width_in, width_out, bias=False), nn.BatchNorm1d(width_out)]
-        else:
-            layers.append(nn.Linear(width_in, width_out))
-        layers.append(activation())
+    layers = list(hidden_layers(dims[:-1], hidden_bn, activation))
     layers.append(nn.Linear(dims[-2], dims[-1], bias=not last_bn))
     if last_bn:
         layers.append(nn.BatchNorm1d(dims[-1], affine=False))
     return nn.Sequential(*layers)
 
 
-def projection_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
-    """SimCLR's g(.): "a MLP with one hidden layer to obtain z_i = g(h_i) = W2 relu(W1 h_i)"
-    (Chen et al. 2020, Sec. 2.1); BN after the hidden layer as in the reference code."""
-    return mlp([in_dim, hidden_dim, out_dim])
+def hidden_layers(dims: list[int], bn: bool = True, activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    """Linear -> BN -> activation from each width in ``dims`` to the next (``dims[0]`` is the
+    input): an MLP's hidden layers, and the head layers an encoder may keep (SimCLR v2)."""
+    layers: list[nn.Module] = []
+    for width_in, width_out in zip(dims[:-1], dims[1:]):
+        if bn:
+            layers += [nn.Linear(width_in, width_out, bias=False), nn.BatchNorm1d(width_out)]
+        else:
+            layers.append(nn.Linear(width_in, width_out))
+        layers.append(activation())
+    return nn.Sequential(*layers)
 
 
 class DINOHead(nn.Module):

@@ -184,10 +184,13 @@ def _start(setup: WorkerConfig) -> Worker:
         worker.device_views = DeviceViews(config.augment, config.data.channels).to(device)
         # Every rank the same weights (seeded above), but its own augmentation draws.
         torch.manual_seed(config.train.seed + 1 + rank)
-    if state is None and setup.init_backbone is not None:
-        # Fine-tuning: the pretrained encoder is where training starts (a restart or a
-        # --resume takes the checkpoint's weights instead).
-        method.backbone.load_state_dict(setup.init_backbone)
+    if state is None and setup.init_state is not None:
+        # Fine-tuning and distillation: the pretrained encoder (and the teacher) are where
+        # training starts (a restart or a --resume takes the checkpoint's weights instead).
+        # Every weight given must land: a name the method lacks is a mismatch, not a default.
+        unexpected = method.load_state_dict(setup.init_state, strict=False).unexpected_keys
+        if unexpected:
+            raise ValueError(f"initial weights the {method.name} method has no place for: {sorted(unexpected)[:5]}")
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])  # moves its tensors to the params' device
         worker.epoch, worker.step = state["epoch"], state["step"]

@@ -65,8 +65,12 @@ def _sized_by_the_data(config: PipelineConfig, data: PretrainData) -> PipelineCo
     """What a method sizes by the data, set before any worker starts: a label-trained method's
     class count (data without labels is refused), a per-image memory's rows (the training
     set's size: every ``sample_index`` is below it). A size the pipeline gives is kept, and
-    checked: a memory smaller than the data would be indexed past its end."""
+    checked: a memory smaller than the data would be indexed past its end. A method may refuse
+    the data's size outright (``data_refusal``: DeepCluster's clusters need images)."""
     method, sized = config.method, {}
+    refusal = METHODS[method.name].data_refusal(method, data.train_size)
+    if refusal:
+        raise ConfigError(refusal)
     if METHODS[method.name].uses_labels:
         if data.num_classes < 2:
             raise ConfigError(f"method {method.name} trains on labels, and {config.data.path} has none")
@@ -113,7 +117,8 @@ class TrainedRun:
     config: PipelineConfig
     tracker: RunTracker
     tracking_uri: str
-    weights: dict[str, torch.Tensor]  # the backbone's, from the last checkpoint
+    weights: dict[str, torch.Tensor]  # the encoder's, from the last checkpoint
+    model_state: dict[str, torch.Tensor]  # the whole method's (a fine-tuned classifier too)
     labelled_eval: bool  # the run had labelled held-out images (kNN bank and queries)
 
 
@@ -160,29 +165,30 @@ def run_pretraining(
     config: PipelineConfig,
     resume: bool | str = False,
     trial: SweepTrial | None = None,
-    init_backbone: dict[str, torch.Tensor] | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
     parent_run_id: str | None = None,
     after_training: Callable[[TrainedRun], None] | None = None,
 ) -> PretrainResult:
     """``resume``: False (fresh run), True (the newest run of this config's name) or a run name.
-    ``init_backbone``: encoder weights to start from (fine-tuning); ``parent_run_id``: the MLflow
+    ``init_state``: weights to start from, by the method's state names (fine-tuning's
+    ``backbone.*``, a distillation's teacher too); ``parent_run_id``: the MLflow
     run this one nests under (an evaluation's fine-tuning runs under the pretraining's);
     ``after_training``: called with the trained run before its MLflow run ends (the
     command line's end-of-run probe and model registration)."""
+    _check_given_state(config, init_state, resume)
     run = _locate(config, resume)  # storage, data locations and a resumed run checked before Ray starts
     _start_ray(config)
     _prepare_data(run)
     _open_tracking(run, parent_run_id=trial.parent_run_id if trial else parent_run_id, trial=trial)
-    trainer = _trainer(run, init_backbone, trial)
+    trainer = _trainer(run, init_state, trial)
     try:
         with ProgressPrinter(run.board, show_bar=sys.stdout.isatty() and trial is None):
             result = trainer.fit()
         _fail_on_a_stop(run)
-        weights = _log_outcome(run, result)
-        if after_training is not None and weights is not None:
-            after_training(
-                TrainedRun(run.config, run.tracker, run.tracking_uri, weights, run.data.knn_bank is not None)
-            )
+        model_state = _log_outcome(run, result)
+        if after_training is not None and model_state is not None:
+            weights, labelled = encoder_state({"model": model_state}), run.data.knn_bank is not None
+            after_training(TrainedRun(run.config, run.tracker, run.tracking_uri, weights, model_state, labelled))
     except BaseException:
         run.tracker.end("FAILED")
         raise
@@ -191,6 +197,16 @@ def run_pretraining(
         run.tracker.set_tag("ssl_ray.stopped_early", "true")
     run.tracker.end("KILLED" if stopped_early else "FINISHED")
     return _result(run, result)
+
+
+def _check_given_state(config: PipelineConfig, init_state: dict | None, resume: bool | str) -> None:
+    """A method that learns from weights it is given (distillation's teacher) is refused
+    without them, before anything starts; a resume finds them in its checkpoint."""
+    method = METHODS[config.method.name]
+    given = {key.split(".", 1)[0] for key in init_state or {}}
+    missing = [part for part in method.given_state if part not in given]
+    if missing and not resume:
+        raise ConfigError(f"method.name: {config.method.name} {method.given_state_why}")
 
 
 def _locate(config: PipelineConfig, resume: bool | str) -> _Run:
@@ -263,7 +279,7 @@ def _open_tracking(run: _Run, parent_run_id: str | None, trial: SweepTrial | Non
             run.tracker.log_artifact(Path(out) / "label_subset.txt", "labels")
 
 
-def _trainer(run: _Run, init_backbone: dict[str, torch.Tensor] | None, trial: SweepTrial | None) -> TorchTrainer:
+def _trainer(run: _Run, init_state: dict[str, torch.Tensor] | None, trial: SweepTrial | None) -> TorchTrainer:
     config, data = run.config, run.data
     run.board = ProgressBoard.remote()
     worker = WorkerConfig(
@@ -277,7 +293,7 @@ def _trainer(run: _Run, init_backbone: dict[str, torch.Tensor] | None, trial: Sw
         sync_batchnorm=_sync_batchnorm(config, run.use_gpu),
         augment_on_device=run.augment_on_device,
         listing_skips=data.listing_skips,
-        init_backbone=init_backbone,
+        init_state=init_state,
         skip_counter=run.skips,
         progress_board=run.board,
         epoch_gate=trial.epoch_gate if trial else None,
@@ -334,9 +350,9 @@ def _fail_on_a_stop(run: _Run) -> None:
 
 
 def _log_outcome(run: _Run, result) -> dict[str, torch.Tensor] | None:
-    """The encoder's weights (returned; None without a checkpoint), the config and the curves
-    into the MLflow run."""
-    tracker, weights = run.tracker, None
+    """The encoder's weights, the config and the curves into the MLflow run; returns the
+    method's whole state from the last checkpoint (None without one)."""
+    tracker, model_state = run.tracker, None
     init = dict(tracker.metric_history("knn_top1_init")).get(0)
     raw = dict(tracker.metric_history("knn_top1_raw_pixels")).get(0)
     with tempfile.TemporaryDirectory() as out:
@@ -344,8 +360,8 @@ def _log_outcome(run: _Run, result) -> dict[str, torch.Tensor] | None:
         if result.checkpoint is not None:
             tracker.set_tag("ssl_ray.checkpoint", run.storage.display(result.checkpoint.path))
             with result.checkpoint.as_directory() as directory:
-                weights = encoder_state(load_state(directory))
-            torch.save(weights, out / "encoder.pt")
+                model_state = load_state(directory)["model"]
+            torch.save(encoder_state({"model": model_state}), out / "encoder.pt")
             tracker.log_artifact(out / "encoder.pt", "encoder")
         (out / "config.yaml").write_text(yaml.safe_dump(run.config.model_dump(mode="json"), sort_keys=False))
         tracker.log_artifact(out / "config.yaml")
@@ -353,7 +369,7 @@ def _log_outcome(run: _Run, result) -> dict[str, torch.Tensor] | None:
         loss, knn = tracker.metric_history("loss"), tracker.metric_history("knn_top1")
         plot_curves(out / "curves.png", loss, knn, baselines, run.name)
         tracker.log_artifact(out / "curves.png", "plots")
-    return weights
+    return model_state
 
 
 def _result(run: _Run, result) -> PretrainResult:

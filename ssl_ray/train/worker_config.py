@@ -23,7 +23,9 @@ class WorkerConfig:
     sync_batchnorm: bool = False
     augment_on_device: bool = False  # the colour part of the views runs in the loop
     listing_skips: dict[str, int] = field(default_factory=dict)  # left out of every epoch, per reason
-    init_backbone: dict[str, torch.Tensor] | None = None  # fine-tuning's starting encoder
+    # Where a fresh run starts, as names of the method's state (fine-tuning's pretrained
+    # ``backbone.*``; a distillation's student and ``teacher.*``); a checkpoint overrides it.
+    init_state: dict[str, torch.Tensor] | None = None
     # Actor handles: decode skips, the driver's console, a sweep's verdicts, the training
     # images' sampling weights (``data.balance.ClassBalance``, for a method that fits targets).
     skip_counter: Any = None
