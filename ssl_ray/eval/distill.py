@@ -15,16 +15,15 @@ import torch
 
 from ssl_ray.config import PipelineConfig, config_from_dict
 from ssl_ray.eval.finetune import (
-    EPOCHS_BY_FRACTION,
     EVERY_IMAGE,
     FineTuned,
     RunSizes,
     classifier_top1,
     finetune_config,
+    finetune_epochs,
     label_tag,
 )
-
-TEACHER_PARTS = ("backbone", "feature_norm", "classifier")  # the supervised method's state
+from ssl_ray.methods.distill import Distill
 
 
 def distill_config(
@@ -32,7 +31,7 @@ def distill_config(
 ) -> PipelineConfig:
     """Fine-tuning's recipe (views, optimiser, encoder with its kept head) on the whole pool,
     for as many epochs as the teacher's fine-tuning had."""
-    epochs = sizes.epochs or EPOCHS_BY_FRACTION.get(fraction, pretraining.train.epochs)
+    epochs = finetune_epochs(pretraining, fraction, sizes)
     raw = finetune_config(pretraining, 1.0, replace(sizes, epochs=epochs)).model_dump(mode="json")
     raw["method"] = {"name": "distill", "num_classes": num_classes}
     raw["train"]["run_name"] = f"{pretraining.run_prefix}-distill-{label_tag(fraction)}"
@@ -53,5 +52,7 @@ def distill(
     num_classes = int(teacher.model_state["classifier.weight"].shape[0])
     config = distill_config(pretraining, fraction, num_classes, sizes)
     start = {f"backbone.{k}": v for k, v in backbone.items()}
-    start.update({f"teacher.{k}": v for k, v in teacher.model_state.items() if k.split(".", 1)[0] in TEACHER_PARTS})
+    start.update(
+        {f"teacher.{k}": v for k, v in teacher.model_state.items() if k.split(".", 1)[0] in Distill.teacher_parts}
+    )
     return classifier_top1(run_pretraining(config, init_state=start, parent_run_id=parent_run_id))

@@ -135,18 +135,7 @@ def _diagnostics(
     config = encoder.config
     sample = data.test.limit(DIAGNOSTIC_SAMPLE).take_batch(DIAGNOSTIC_SAMPLE, batch_format="numpy")
     images, labels = sample["image"], sample["label"]
-    model = (
-        EncoderSpec(
-            "weights",
-            config.model,
-            config.data.channels,
-            encoder.state,
-            image_size=config.augment.image_size,
-            head=config.encoder_head,
-        )
-        .build()
-        .eval()
-    )
+    model = EncoderSpec.of("weights", config, encoder.state).build().eval()
     threads = torch.get_num_threads()  # ViewMaker pins its process to one thread (it runs per CPU in Ray Data)
     views = ViewMaker(config.augment, config.data.channels, seed=seed).views(images)
     torch.set_num_threads(threads)
@@ -196,14 +185,11 @@ def evaluate(encoder: TrainedEncoder, options: EvaluateOptions, tracking_uri: st
     # their input (all CPUs as actors would starve those tasks and hang the pass).
     cpus = int(ray.cluster_resources().get("CPU", 1))
     actors = int(ray.cluster_resources()["GPU"]) if use_gpu else max(1, cpus - 1)
-    channels, size, head = config.data.channels, config.augment.image_size, config.encoder_head
-    trained = EncoderSpec("weights", config.model, channels, encoder.state, image_size=size, head=head)
-    specs = [("trained encoder", PREFIX, trained)]
+    specs = [("trained encoder", PREFIX, EncoderSpec.of("weights", config, encoder.state))]
     if options.baselines:
-        random_init = EncoderSpec("random", config.model, channels, seed=config.train.seed, image_size=size, head=head)
-        specs.append(("random-init encoder", f"{PREFIX}/random_init", random_init))
+        specs.append(("random-init encoder", f"{PREFIX}/random_init", EncoderSpec.of("random", config)))
         if config.eval.knn_raw_pixels:
-            specs.append(("raw pixels", f"{PREFIX}/raw_pixels", EncoderSpec("pixels", config.model, channels)))
+            specs.append(("raw pixels", f"{PREFIX}/raw_pixels", EncoderSpec.of("pixels", config)))
     results = [EncoderResult(name, scope) for name, scope, _ in specs]
     trained_test_features = None
     if any(p in FROZEN_PROTOCOLS for p in options.protocols):

@@ -42,13 +42,17 @@ class RunSizes:
 EVERY_IMAGE = RunSizes()  # the defaults: every labelled image, the fraction's epochs
 
 
+def finetune_epochs(pretraining: PipelineConfig, fraction: float, sizes: RunSizes) -> int:
+    return sizes.epochs or EPOCHS_BY_FRACTION.get(fraction, pretraining.train.epochs)
+
+
 def finetune_config(
     pretraining: PipelineConfig, fraction: float, sizes: RunSizes = EVERY_IMAGE, from_scratch: bool = False
 ) -> PipelineConfig:
     """The few labels are a class-balanced share of a ``sizes.train_size`` stratified sample of
     the labelled training images."""
     raw = pretraining.model_dump(mode="json")
-    epochs = sizes.epochs or EPOCHS_BY_FRACTION.get(fraction, pretraining.train.epochs)
+    epochs = finetune_epochs(pretraining, fraction, sizes)
     train_size, test_size, seed = sizes.train_size, sizes.test_size, sizes.seed
     labelled = min(train_size or math.inf, sizes.pool_size or math.inf)
     labelled = (60000 if labelled == math.inf else labelled) * fraction

@@ -8,7 +8,7 @@ the protocols then reuse (kNN at several k, the linear probe's search, the diagn
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import ray.data
@@ -19,6 +19,9 @@ from ssl_ray.monitors.features import as_nchw, pixels_as_features
 from ssl_ray.nn.backbones import build_encoder
 from ssl_ray.nn.precision import autocast, resolve_precision
 from ssl_ray.sections import ModelConfig
+
+if TYPE_CHECKING:
+    from ssl_ray.config import PipelineConfig
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,20 @@ class EncoderSpec:
     seed: int = 0
     image_size: int = 28  # what a ViT's position embeddings are sized for
     head: tuple[int, ...] = ()  # head layers the encoder keeps (``PipelineConfig.encoder_head``)
+
+    @classmethod
+    def of(cls, kind: str, config: PipelineConfig, state: dict[str, torch.Tensor] | None = None) -> EncoderSpec:
+        """The spec of ``config``'s encoder (its kept head layers too); "random" is seeded by
+        ``train.seed``, the pretraining's own start."""
+        return cls(
+            kind,
+            config.model,
+            config.data.channels,
+            state,
+            seed=config.train.seed if kind == "random" else 0,
+            image_size=config.augment.image_size,
+            head=config.encoder_head,
+        )
 
     def build(self) -> nn.Module:
         if self.kind == "pixels":

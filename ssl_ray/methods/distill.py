@@ -33,15 +33,17 @@ class Distill(Supervised):
         "`ssl-ray evaluate RUN --protocol finetune --protocol distill`"
     )
 
+    # The teacher has the supervised method's shape, so its state is a fine-tuned run's under
+    # ``teacher.`` (``eval/distill.py`` hands these parts over).
+    teacher_parts = ("backbone", "feature_norm", "classifier")
+
     class Params(Labelled):
         temperature: float = Field(default=1.0, gt=0.0)  # the paper's, for distilling on unlabelled images
 
     def __init__(self, params, encoder, feature_dim, recipe) -> None:
         super().__init__(params, encoder, feature_dim, recipe)
-        # The teacher has the supervised method's shape, so its state is a fine-tuned run's
-        # (``backbone.*``, ``feature_norm.*``, ``classifier.*``) under ``teacher.``.
         teacher = torch.nn.Module()
-        for name in ("backbone", "feature_norm", "classifier"):
+        for name in self.teacher_parts:
             teacher.add_module(name, copy.deepcopy(getattr(self, name)))
         for module in teacher.modules():  # its own network until its weights are given
             if hasattr(module, "reset_parameters"):
