@@ -61,10 +61,18 @@ def shared_ray_head() -> dict[str, str]:
     if not _head:
         root = Path(tempfile.mkdtemp(prefix="ray-head-"))  # short: Ray's socket paths must fit
         process, env = start_ray_head(root)
-        atexit.register(shutil.rmtree, root, ignore_errors=True)
-        atexit.register(stop_process_group, process)  # runs first: atexit is last in, first out
-        _head.update(env=env, process=process)
+        _head.update(env=env, process=process, root=root)
+        atexit.register(stop_shared_ray_head)
     return dict(_head["env"])
+
+
+def stop_shared_ray_head() -> None:
+    """Stops the shared head and removes its files; called at the end of the tests (conftest.py)
+    and, should that be skipped, at exit."""
+    if _head:
+        stop_process_group(_head["process"])
+        shutil.rmtree(_head["root"], ignore_errors=True)
+        _head.clear()
 
 
 def shared_ray_head_process() -> psutil.Process:

@@ -4,6 +4,7 @@ server (moto's server mode), reached through boto3 and pyarrow exactly as AWS wo
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from pathlib import Path
 
@@ -15,6 +16,31 @@ from services import S3_KEY_ID, S3_SECRET, start_mlflow, start_moto
 # that join it in-process all present it.
 os.environ["RAY_AUTH_MODE"] = "token"
 os.environ.setdefault("RAY_AUTH_TOKEN", uuid.uuid4().hex)
+
+_session_exit: dict[str, int] = {}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _session_exit["status"] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """Ends the tests' process with pytest's own exit status once pytest is done, without the
+    interpreter's teardown. This process hosts Ray drivers (the in-process runs), torch's and
+    pyarrow's native thread pools; in two full runs of the last five the interpreter's teardown
+    then crashed with SIGSEGV after every test had passed (exit 139 in CI, a native thread
+    calling into a finalising interpreter, as in ray-project/ray#47864), which failed the run
+    for nothing the tests check. The shared Ray head is stopped first, as at exit."""
+    if "status" not in _session_exit:
+        return  # a usage error before the session: pytest exits on its own
+    from cli import stop_shared_ray_head
+
+    stop_shared_ray_head()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(_session_exit["status"])
+
 
 FASHION_MNIST = Path(os.environ.get("SSL_RAY_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 
