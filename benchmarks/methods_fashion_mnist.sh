@@ -9,7 +9,8 @@
 # epochs (default 30), KNN_EVERY the pretraining's kNN monitor interval in epochs (default 1; the
 # evaluation measures kNN again at the end), BASELINES=0 to skip the baselines (a continued
 # table whose first part measured them), DISTILL=1 to distil each fine-tuned network into a
-# student too (SimCLR v2's third step).
+# student too (SimCLR v2's third step), SUPERVISED=0 to skip the supervised reference (a
+# continued table whose first part ran it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 epochs="${1:-2}"
@@ -39,7 +40,7 @@ for method in "${methods[@]}"; do
   .venv/bin/ssl-ray evaluate "$run_id" "${protocols[@]}" "${sizes[@]}" "${extra[@]}"
 done
 # The supervised reference: the same encoder, loop and epochs on all the labels.
-.venv/bin/ssl-ray pretrain pipelines/supervised_fashion_mnist.yaml "train.epochs=${epochs}" \
+[[ ${SUPERVISED:-1} == 1 ]] && .venv/bin/ssl-ray pretrain pipelines/supervised_fashion_mnist.yaml "train.epochs=${epochs}" \
   "tracking.experiment=${experiment}" "train.run_name=bench-supervised" "eval.knn_raw_pixels=false" \
   "eval.knn_at_init=false"
 .venv/bin/python benchmarks/methods_table.py "${experiment}"
