@@ -181,8 +181,8 @@ def _describe(error: ValidationError, section: str | None = None, owner: str | N
     for item in error.errors():
         loc = [str(part) for part in item["loc"]]
         message = item["msg"].removeprefix("Value error, ")
-        if loc == ["method"] and message.startswith("method."):
-            lines.append(message)  # already described by the method's own fields
+        if len(loc) == 1 and message.startswith(f"{loc[0]}."):
+            lines.append(message)  # a section's own check names its field already
             continue
         field = ".".join(([section] if section else []) + loc) or "(config)"
         if item["type"] == "extra_forbidden":

@@ -295,3 +295,16 @@ class TrackingConfig(Section):
     # The trained encoder is registered as a version of this MLflow model (None: "<run name
     # prefix>-encoder"); sweep trials log no model (evaluate the best one by its run id).
     registered_model: str | None = None
+    # False: no MLflow model and no registry version at the end of the run; its encoder stays
+    # the run's ``encoder/encoder.pt`` artifact, which ``ssl-ray evaluate RUN_ID`` reads (for
+    # smoke runs and studies whose encoders are not meant for the registry).
+    register_model: bool = True
+
+    @model_validator(mode="after")
+    def _a_name_needs_a_model(self) -> TrackingConfig:
+        if self.registered_model and not self.register_model:
+            raise ValueError(
+                f"tracking.registered_model ({self.registered_model!r}) names a model that "
+                "tracking.register_model=false does not log: set one or the other"
+            )
+        return self

@@ -75,6 +75,12 @@ def test_local_crops_must_be_smaller(data_dir):
         load_config(DEMO, ["augment.local_crops=2", "augment.local_image_size=28"])
 
 
+def test_a_model_name_without_a_model_is_refused(data_dir):
+    assert not load_config(DEMO, ["tracking.register_model=false"]).tracking.register_model
+    with pytest.raises(ConfigError, match=r"^invalid config: tracking\.registered_model \('mine'\) names a model"):
+        load_config(DEMO, ["tracking.register_model=false", "tracking.registered_model=mine"])
+
+
 def test_unknown_method_lists_known_ones(data_dir):
     with pytest.raises(ConfigError, match="known: .*simclr"):
         load_config(DEMO, ["method.name=nope"])

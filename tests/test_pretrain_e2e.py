@@ -104,23 +104,24 @@ RESUMED = ("moco_v2", "dino", "pirl", "deepcluster")
 
 def _slow_if_covered(method: str):
     """In the default run: DINO's epoch (multi-crop views through Ray Data, an EMA teacher,
-    the centre, the first-epoch freeze and the teacher-temperature clock, on 2 workers), PIRL
+    the centre, the first-epoch freeze and the teacher-temperature clock, on 2 workers), PIRL's
     (a one-view recipe whose batch parts, shuffled tiles and each row's sample index, are made
     and coloured in Ray Data and reach the method through the loop; RotNet's, Jigsaw's and
     relative location's parts take the same path) and DeepCluster (targets fitted between
-    epochs, class-uniform draws in Ray Data), the last two through a resume that restores their
-    buffers (the bank, the pseudo-labels) with the model state every method's targets travel
-    in. Outside it (``pytest -m slow``), to keep the suite in its time: DINO's resume, and
-    every other method, each unit-tested on its own (test_methods: loss falls, gradients reach
-    the online network only, EMA targets, queues, frozen layers, collapse monitors on a short
-    run; the losses against hand computations and on 2 gloo workers), and whose path through
-    Ray Train is SimCLR's or DINO's (the loop does not branch on which method runs). MoCo v2's
+    epochs, class-uniform draws in Ray Data) through a resume that restores its pseudo-labels
+    with the model state every method's targets travel in (each method's state, PIRL's bank
+    included, comes back from a checkpoint in test_methods). Outside it (``pytest -m slow``),
+    to keep the suite in its time: DINO's and PIRL's resumes, and every other method, each
+    unit-tested on its own (test_methods: loss falls, gradients reach the online network only,
+    EMA targets, queues, frozen layers, collapse monitors on a short run, the state restored;
+    the losses against hand computations and on 2 gloo workers), and whose path through Ray
+    Train is SimCLR's or DINO's (the loop does not branch on which method runs). MoCo v2's
     queue and shuffle-BN are unit-tested on 2 gloo workers (test_queue), its checkpointed
     queue too."""
     params = []
     if method in ("dino", "pirl", "deepcluster"):
-        params.append(pytest.param(method, method != "dino", id=method))
-    if method in RESUMED and method not in ("pirl", "deepcluster"):
+        params.append(pytest.param(method, method == "deepcluster", id=method))
+    if method in RESUMED and method != "deepcluster":
         params.append(pytest.param(method, True, id=f"{method}-resumed", marks=pytest.mark.slow))
     if not params:
         params.append(pytest.param(method, False, id=method, marks=pytest.mark.slow))

@@ -57,15 +57,16 @@ def _wait_for(condition, timeout: float, what: str, process: subprocess.Popen):
 
 
 def test_run_survives_a_killed_worker(tmp_path, mlflow_server, fashion_mnist_dir):
-    """Two CPU workers, 3 epochs, a checkpoint every epoch; one worker process is SIGKILLed
+    """Two CPU workers, 2 epochs, a checkpoint every epoch; one worker process is SIGKILLed
     a few steps into epoch 2. Ray Train restarts the group from epoch 1's checkpoint."""
     args = [
         "pretrain",
         pipeline("simclr_fashion_mnist"),
         *RUN,
-        "train.epochs=3",
+        "train.epochs=2",
         "train.run_name=recovery",
         "tracking.experiment=recovery",
+        "tracking.register_model=false",  # registration is SimCLR's shared run's to test
         f"train.storage_path={tmp_path / 'runs'}",
         "--tracking-uri",
         mlflow_server,
@@ -104,7 +105,7 @@ def test_run_survives_a_killed_worker(tmp_path, mlflow_server, fashion_mnist_dir
     assert returncode == 0, output[-5000:]
 
     # Every epoch once, however often it was trained.
-    assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == [1, 2, 3]
+    assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == [1, 2]
     assert all(math.isfinite(m.value) for m in client.get_metric_history(run_id, "loss"))
     assert len(client.get_metric_history(run_id, "knn_top1_init")) == 1
     # One restart, from epoch 1's checkpoint.
@@ -112,16 +113,16 @@ def test_run_survives_a_killed_worker(tmp_path, mlflow_server, fashion_mnist_dir
     assert resumed.value == 1 and resumed.step == STEPS_PER_EPOCH
     # At most one checkpoint interval (an epoch) was trained twice, and some of it was.
     steps = Counter(m.step for m in client.get_metric_history(run_id, "loss_step"))
-    assert sorted(steps) == list(range(1, 3 * STEPS_PER_EPOCH + 1))
+    assert sorted(steps) == list(range(1, 2 * STEPS_PER_EPOCH + 1))
     repeated = [step for step, count in steps.items() if count > 1]
     assert 0 < len(repeated) <= STEPS_PER_EPOCH and all(count <= 2 for count in steps.values())
     assert all(STEPS_PER_EPOCH < step <= 2 * STEPS_PER_EPOCH for step in repeated)
     assert client.get_run(run_id).info.status == "FINISHED"
-    # Every checkpoint left behind is whole (its digest matches) and the last is epoch 3's.
+    # Every checkpoint left behind is whole (its digest matches) and the last is epoch 2's.
     (run_dir,) = (tmp_path / "runs").iterdir()
     states = [load_state(p) for p in sorted(run_dir.glob("checkpoint_*")) if p.is_dir()]
-    assert states and max(s["epoch"] for s in states) == 3
-    assert max(s["step"] for s in states) == 3 * STEPS_PER_EPOCH
+    assert states and max(s["epoch"] for s in states) == 2
+    assert max(s["step"] for s in states) == 2 * STEPS_PER_EPOCH
     lost = resumed.timestamp / 1000 - killed_at
     print(f"\nrecovery: {len(repeated)} steps repeated, training resumed {lost:.1f} s after the kill")
 
