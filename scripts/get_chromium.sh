@@ -4,14 +4,6 @@
 # skipped and says why. Never fails the set-up.
 set -uo pipefail
 [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]] && exit 0
-sudo=""
-[[ $(id -u) -eq 0 ]] || { command -v sudo >/dev/null && sudo -n true 2>/dev/null && sudo="sudo -n"; }
-if command -v apt-get >/dev/null && { [[ $(id -u) -eq 0 ]] || [[ -n "$sudo" ]]; }; then
-  echo "setup: installing chromium and chromium-driver (for the MLflow UI test)"
-  export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null 2>&1 \
-    || { $sudo apt-get update -qq >/dev/null 2>&1 \
-         && $sudo apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null 2>&1; }
-fi
+bash "$(dirname "$0")/apt_install.sh" "for the MLflow UI test" chromium chromium-driver
 [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]] || echo "setup: no chromium; the MLflow UI test will be skipped"
 exit 0

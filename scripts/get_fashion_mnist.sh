@@ -20,14 +20,8 @@ fi
 system_dir=/usr/share/datasets/fashion-mnist
 has_all "$system_dir" && exit 0
 
-sudo=""
-[[ $(id -u) -eq 0 ]] || { command -v sudo >/dev/null && sudo -n true 2>/dev/null && sudo="sudo -n"; }
-if command -v apt-get >/dev/null && { [[ $(id -u) -eq 0 ]] || [[ -n "$sudo" ]]; }; then
-  echo "data: installing Debian package dataset-fashion-mnist"
-  $sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 \
-    || { $sudo apt-get update -qq >/dev/null && $sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null; } || true
-  has_all "$system_dir" && exit 0
-fi
+bash "$(dirname "$0")/apt_install.sh" "Fashion-MNIST" dataset-fashion-mnist
+has_all "$system_dir" && exit 0
 
 cache="${HOME}/.cache/ssl-ray/fashion-mnist"
 mkdir -p "$cache"

@@ -2,13 +2,21 @@
 # Sets up ssl-ray on a fresh Debian/Ubuntu machine with Python 3.11:
 #   .venv with the package and its pinned dependencies (+ test tools with --test),
 #   and Fashion-MNIST (Debian's dataset-fashion-mnist, else the dataset's own download);
-#   with --test also headless Chromium for the MLflow UI test (scripts/get_chromium.sh).
+#   with --test also headless Chromium for the MLflow UI test (scripts/get_chromium.sh);
+#   with --openclipart also OpenClipart's drawings as shards (scripts/get_openclipart.sh).
 # Safe to re-run: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extras=""
-[[ "${1:-}" == "--test" ]] && extras="[test]"
+openclipart=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) extras="[test]" ;;
+    --openclipart) openclipart=1 ;;
+    *) echo "setup: unknown option $arg (known: --test, --openclipart)" >&2; exit 2 ;;
+  esac
+done
 
 python_bin="${PYTHON:-}"
 if [[ -z "$python_bin" ]]; then
@@ -31,3 +39,4 @@ fi
 
 bash scripts/get_fashion_mnist.sh
 if [[ -n "$extras" ]]; then bash scripts/get_chromium.sh; fi
+if [[ $openclipart == 1 ]]; then bash scripts/get_openclipart.sh; fi

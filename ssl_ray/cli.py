@@ -104,19 +104,44 @@ def _prepare(args: argparse.Namespace) -> int:
     from ssl_ray.data.prepare import PrepareOptions, prepare
 
     storage = storage_from_overrides(args.overrides)  # storage.endpoint_url=..., as every command spells it
+    openclipart_only = {"--size": args.size, "--test-share": args.test_share}
+    if args.source != "openclipart" and any(value is not None for value in openclipart_only.values()):
+        given = [flag for flag, value in openclipart_only.items() if value is not None]
+        print(f"ssl-ray: {', '.join(given)}: for --source openclipart only", file=sys.stderr)
+        return 2
+    if args.test_share is not None and not 0.0 < args.test_share < 1.0:
+        print(f"ssl-ray: --test-share {args.test_share}: a share strictly between 0 and 1", file=sys.stderr)
+        return 2
+    if args.size is not None and args.size < 8:
+        print(f"ssl-ray: --size {args.size}: at least 8 px", file=sys.stderr)
+        return 2
+    defaults = PrepareOptions()
     options = PrepareOptions(
-        source=args.source, split=args.split, shard_mb=args.shard_mb, seed=args.seed, storage=storage
+        source=args.source,
+        split=args.split,
+        shard_mb=args.shard_mb,
+        seed=args.seed,
+        size=args.size or defaults.size,
+        test_share=args.test_share or defaults.test_share,
+        storage=storage,
     )
     try:
         manifest = prepare(args.src, args.dst, options)
     except DataSourceError as error:
         print(f"ssl-ray: {error}", file=sys.stderr)
         return 2
-    skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(manifest["skipped"].items())) or "none"
-    print(
-        f"{manifest['images']} images in {manifest['shards']} shards ({manifest['bytes'] / 2**20:.1f} MiB) "
-        f"at {args.dst}; {len(manifest['classes'])} classes; skipped: {skipped}; manifest: {args.dst.rstrip('/')}/manifest.json"
-    )
+    dst = args.dst.rstrip("/")
+    written = manifest.items() if args.source == "openclipart" else [("", manifest)]
+    for side, one in written:
+        where = f"{dst}/{side}" if side else dst
+        skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(one["skipped"].items())) or "none"
+        print(
+            f"{one['images']} images in {one['shards']} shards ({one['bytes'] / 2**20:.1f} MiB) "
+            f"at {where}; {len(one['classes'])} classes; skipped: {skipped}; manifest: {where}/manifest.json"
+        )
+    if args.source == "openclipart":
+        dropped = manifest["train"]["split"]["categories_dropped"]
+        print(f"categories left out: {', '.join(f'{name} ({why})' for name, why in dropped.items()) or 'none'}")
     return 0
 
 
@@ -278,15 +303,26 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=_evaluate)
 
     shards = commands.add_parser(
-        "prepare", parents=[verbose], help="write a folder or bucket of images (or Fashion-MNIST) as Parquet shards"
+        "prepare",
+        parents=[verbose],
+        help="write a folder or bucket of images (or Fashion-MNIST, or OpenClipart) as Parquet shards",
     )
     shards.add_argument(
         "src",
         help="folder or s3://bucket/prefix of images (class sub-folders give labels), or the Fashion-MNIST directory/URL",
     )
     shards.add_argument("dst", help="empty folder or s3://bucket/prefix for the shards and manifest.json")
-    shards.add_argument("--source", choices=["images", "fashion_mnist"], default="images")
+    shards.add_argument(
+        "--source",
+        choices=["images", "fashion_mnist", "openclipart"],
+        default="images",
+        help="openclipart: Debian's openclipart-png folder, written as DST/train and DST/test",
+    )
     shards.add_argument("--split", choices=["train", "test"], default="train", help="Fashion-MNIST split")
+    shards.add_argument(
+        "--size", type=int, help="openclipart: side of the white squares the drawings are fitted on (64)"
+    )
+    shards.add_argument("--test-share", type=float, help="openclipart: each category's share in the test set (0.2)")
     shards.add_argument("--shard-mb", type=float, default=64.0, help="target shard size in MiB (default 64)")
     shards.add_argument("--seed", type=int, default=0, help="seed of the random order images are written in")
     shards.add_argument(

@@ -39,7 +39,8 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(scaled, mode="L")
 
 
-def _normalise_mode(image: Image.Image, channels: int) -> Image.Image:
+def normalise_mode(image: Image.Image, channels: int) -> Image.Image:
+    """8-bit grayscale (``channels`` 1) or RGB; transparency composited on white."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         image = _to_8bit(image)
     if image.mode == "P":
@@ -62,8 +63,9 @@ def _centre_square(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
-def decode_image(raw: bytes | None, channels: int, size: int) -> np.ndarray | str:
-    """``(size, size)`` (grayscale) or ``(size, size, 3)`` uint8, or a reason from SKIP_REASONS."""
+def open_image(raw: bytes | None, channels: int, size: int) -> Image.Image | str:
+    """The decoded image (drafted towards ``size`` where the format allows), or a reason from
+    SKIP_REASONS."""
     if not raw:
         return EMPTY
     try:
@@ -81,8 +83,16 @@ def decode_image(raw: bytes | None, channels: int, size: int) -> np.ndarray | st
         return TRUNCATED if "truncated" in message or "broken data stream" in message else CORRUPT
     except (ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning, EOFError):
         return CORRUPT
+    return image
+
+
+def decode_image(raw: bytes | None, channels: int, size: int) -> np.ndarray | str:
+    """``(size, size)`` (grayscale) or ``(size, size, 3)`` uint8, or a reason from SKIP_REASONS."""
+    image = open_image(raw, channels, size)
+    if isinstance(image, str):
+        return image
     try:
-        return np.asarray(_centre_square(_normalise_mode(image, channels), size), dtype=np.uint8)
+        return np.asarray(_centre_square(normalise_mode(image, channels), size), dtype=np.uint8)
     except (OSError, ValueError):
         return CORRUPT
 

@@ -1,4 +1,5 @@
-"""``ssl-ray prepare``: a folder or bucket of images (or Fashion-MNIST) -> Parquet shards.
+"""``ssl-ray prepare``: a folder or bucket of images (or Fashion-MNIST, or OpenClipart's
+drawings as a train and a test set) -> Parquet shards.
 
 Pretraining from a few hundred shards beats pretraining from millions of loose files: one
 request per shard instead of one per image, and no per-object latency in the read path
@@ -23,12 +24,14 @@ import ray.data
 from PIL import Image
 
 from ssl_ray.console import start_ray
-from ssl_ray.data import fashion_mnist
+from ssl_ray.data import fashion_mnist, openclipart
+from ssl_ray.data.decode import UNREADABLE
 from ssl_ray.data.errors import DataSourceError
 from ssl_ray.data.files import (
     FILES_PER_TASK,
     MANIFEST,
     count_skips,
+    fetch,
     fetch_and_decode,
     folder_classes,
     folder_labels,
@@ -46,10 +49,12 @@ _CHECK_SIZE = 16
 
 @dataclass(frozen=True)
 class PrepareOptions:
-    source: str = "images"  # or "fashion_mnist"
+    source: str = "images"  # or "fashion_mnist", "openclipart"
     split: str = "train"  # fashion_mnist only
     shard_mb: float = 64.0
-    seed: int = 0  # the order images are written in
+    seed: int = 0  # the order images are written in (and openclipart's split)
+    size: int = openclipart.DEFAULT_SIZE  # openclipart only: the side of its squares
+    test_share: float = openclipart.DEFAULT_TEST_SHARE  # openclipart only
     storage: StorageConfig = StorageConfig()
 
 
@@ -107,22 +112,39 @@ def _fashion_mnist(src: str, options: PrepareOptions, counter) -> tuple[ray.data
     return ray.data.from_arrow(table), fashion_mnist.CLASSES, sum(map(len, encoded)) / len(encoded)
 
 
-def prepare(src: str, dst: str, options: PrepareOptions) -> dict:
-    """Write the shards and the manifest; returns the manifest."""
-    started = time.time()
-    if not ray.is_initialized():
-        start_ray()
-    filesystem, out = filesystem_for(dst, options.storage.endpoint_url, options.storage.region)
+def _fetch_and_fit(batch, filesystem, counter, size):
+    paths = [str(p) for p in batch["path"]]
+    fitted, skipped = [], {}
+    for path, raw in zip(paths, fetch(filesystem, paths)):
+        result = openclipart.fit_on_white(raw, size) if raw is not None else UNREADABLE
+        if isinstance(result, str):
+            skipped.setdefault(result, []).append(path)
+        fitted.append(result)
+    keep = [i for i, result in enumerate(fitted) if not isinstance(result, str)]
+    count_skips(counter, len(keep), skipped)
+    return pa.table(
+        {
+            "image": pa.array([fitted[i] for i in keep], type=pa.binary()),
+            "label": pa.array(np.asarray(batch["label"], dtype=np.int64)[keep], type=pa.int64()),
+            "path": pa.array([paths[i] for i in keep], type=pa.string()),
+        }
+    )
+
+
+def _refuse_a_used_destination(dst: str, storage: StorageConfig):
+    filesystem, out = filesystem_for(dst, storage.endpoint_url, storage.region)
     try:
         existing = filesystem.get_file_info(pafs.FileSelector(out, allow_not_found=True))
     except OSError as error:
         raise DataSourceError(describe_failure(dst, error)) from None
     if any(info.base_name.endswith(".parquet") for info in existing):
         raise DataSourceError(f"{dst}: already holds Parquet shards; choose an empty destination")
+    return filesystem, out
 
-    counter = SkipCounter.remote()
-    read = _fashion_mnist if options.source == "fashion_mnist" else _images
-    rows, classes, mean_bytes = read(src, options, counter)
+
+def _write_shards(rows: ray.data.Dataset, dst: str, options: PrepareOptions, mean_bytes: float) -> list:
+    """The rows as shards of about ``options.shard_mb``; returns the shards' file infos."""
+    filesystem, out = filesystem_for(dst, options.storage.endpoint_url, options.storage.region)
     rows_per_shard = max(1, int(options.shard_mb * 2**20 / max(mean_bytes, 1.0)))
     try:
         rows.write_parquet(
@@ -130,14 +152,22 @@ def prepare(src: str, dst: str, options: PrepareOptions) -> dict:
         )
     except OSError as error:
         raise DataSourceError(describe_failure(dst, error)) from None
-
-    shards = [
+    return [
         info
         for info in filesystem.get_file_info(pafs.FileSelector(out, recursive=True))
         if info.base_name.endswith(".parquet")
     ]
+
+
+def _write_manifest(dst: str, options: PrepareOptions, manifest: dict) -> None:
+    filesystem, out = filesystem_for(dst, options.storage.endpoint_url, options.storage.region)
+    with filesystem.open_output_stream(f"{out}/{MANIFEST}") as stream:
+        stream.write(json.dumps(manifest, indent=2).encode())
+
+
+def _manifest(src, options, counter, classes, shards, started) -> dict:
     summary = ray.get(counter.summary.remote())
-    manifest = {
+    return {
         "format": "ssl-ray image shards 1",
         "source": src,
         "seed": options.seed,
@@ -151,6 +181,78 @@ def prepare(src: str, dst: str, options: PrepareOptions) -> dict:
         "skipped_examples": summary["examples"],
         "seconds": round(time.time() - started, 1),
     }
-    with filesystem.open_output_stream(f"{out}/{MANIFEST}") as stream:
-        stream.write(json.dumps(manifest, indent=2).encode())
+
+
+def prepare(src: str, dst: str, options: PrepareOptions) -> dict:
+    """Write the shards and the manifest; returns the manifest (for ``openclipart``, the
+    train set's and the test set's under ``dst/train`` and ``dst/test``: ``{"train": ...,
+    "test": ...}``)."""
+    started = time.time()
+    if not ray.is_initialized():
+        start_ray()
+    if options.source == "openclipart":
+        return _prepare_openclipart(src, dst, options, started)
+    _refuse_a_used_destination(dst, options.storage)
+    counter = SkipCounter.remote()
+    read = _fashion_mnist if options.source == "fashion_mnist" else _images
+    rows, classes, mean_bytes = read(src, options, counter)
+    shards = _write_shards(rows, dst, options, mean_bytes)
+    manifest = _manifest(src, options, counter, classes, shards, started)
+    _write_manifest(dst, options, manifest)
     return manifest
+
+
+def _prepare_openclipart(src: str, dst: str, options: PrepareOptions, started: float) -> dict:
+    """OpenClipart's kept categories (``openclipart.choose_categories``), split stratified and
+    seeded, each drawing fitted on a white square of ``options.size``; each set's manifest
+    records the split, the categories kept and dropped and why, and its per-class counts."""
+    dst = dst.rstrip("/")
+    for side in ("train", "test"):
+        _refuse_a_used_destination(f"{dst}/{side}", options.storage)
+    files = listing(src, options.storage)
+    filesystem, root = filesystem_for(src, options.storage.endpoint_url, options.storage.region)
+    paths = [f.path for f in files]
+    classes = folder_classes(root, paths)
+    if not classes:
+        raise DataSourceError(
+            f"{src}: no category folders below it; OpenClipart's drawings sit in one folder per "
+            f"category ({openclipart.SYSTEM_ROOT} once Debian's openclipart-png is installed)"
+        )
+    labels = folder_labels(paths, root, classes)
+    counts = {name: int(np.sum(labels == i)) for i, name in enumerate(classes)}
+    kept, dropped = openclipart.choose_categories(counts)
+    if not kept:
+        raise DataSourceError(f"{src}: no category has {openclipart.MIN_DRAWINGS} drawings or more")
+    renumber = {classes.index(name): k for k, name in enumerate(kept)}
+    chosen = [i for i, label in enumerate(labels) if int(label) in renumber]
+    kept_labels = np.array([renumber[int(labels[i])] for i in chosen], dtype=np.int64)
+    sides = dict(zip(("train", "test"), openclipart.stratified_split(kept_labels, options.test_share, options.seed)))
+    split = {
+        "seed": options.seed,
+        "test_share": options.test_share,
+        "size": options.size,
+        "categories_kept": list(kept),
+        "categories_dropped": dropped,
+        "listed": {side: len(members) for side, members in sides.items()},  # before decoding
+    }
+    manifests = {}
+    for side, members in sides.items():
+        counter = SkipCounter.remote()
+        # A seeded order, so that every shard holds drawings of every category.
+        order = np.random.default_rng(options.seed).permutation(members)
+        rows = [{"path": paths[chosen[i]], "label": int(kept_labels[i])} for i in order]
+        fitted = path_blocks(rows, FILES_PER_TASK).map_batches(
+            _fetch_and_fit,
+            fn_kwargs={"filesystem": filesystem, "counter": counter, "size": options.size},
+            batch_size=None,
+            batch_format="numpy",
+        )
+        table = pa.concat_tables(ray.get(fitted.to_arrow_refs()))  # a few MiB at 64 px
+        mean_bytes = table["image"].nbytes / max(1, table.num_rows)
+        shards = _write_shards(ray.data.from_arrow(table), f"{dst}/{side}", options, mean_bytes)
+        written = np.bincount(table["label"].to_numpy(), minlength=len(kept))
+        manifest = _manifest(src, options, counter, kept, shards, started)
+        manifest["split"] = {"side": side, **split, "per_class": dict(zip(kept, written.tolist()))}
+        _write_manifest(f"{dst}/{side}", options, manifest)
+        manifests[side] = manifest
+    return manifests
