@@ -86,6 +86,15 @@ class PipelineConfig(Section):
         refusal = recipe.refusal(self.method.name, self.data.channels, multi_crop_methods=takers)
         if refusal:
             raise ValueError(refusal)
+        if self.colour_split == "lab":
+            if self.data.channels != 3:
+                raise ValueError(
+                    f"method.name: {self.method.name} encodes the L and ab channels of colour images apart; "
+                    f"the data at {self.data.path} are read with 1 channel (data.channels=1): give it colour "
+                    "images with data.channels=3 (pipelines/cmc_openclipart.yaml)"
+                )
+            if self.model.backbone.startswith("vit"):
+                raise ValueError("model.backbone: the L/ab split (model.colour_split=lab) is built of ResNets")
         if self.model.backbone.startswith("vit"):
             sizes = {self.augment.image_size, *([self.augment.local_image_size] if self.augment.local_crops else [])}
             for size in sorted(sizes):
@@ -113,6 +122,13 @@ class PipelineConfig(Section):
         if self.model.encoder_head is not None:
             return self.model.encoder_head
         return METHODS[self.method.name].kept_head(self.method)
+
+    @property
+    def colour_split(self) -> str:
+        """How the encoder reads colour: ``model.colour_split`` when set, else the method's."""
+        if self.model.colour_split is not None:
+            return self.model.colour_split
+        return METHODS[self.method.name].colour_split
 
     @property
     def run_prefix(self) -> str:

@@ -136,6 +136,8 @@ class AugmentConfig(Section):
     crop_scale: tuple[float, float] = (0.2, 1.0)
     flip_p: float = Field(default=0.5, ge=0.0, le=1.0)
     jitter_p: float = Field(default=0.8, ge=0.0, le=1.0)
+    # Colour images turned gray (SimCLR's 0.2); 0 for CMC, whose ab view a gray image empties.
+    grayscale_p: float = Field(default=0.2, ge=0.0, le=1.0)
     blur_p: PerView = 0.0
     solarize_p: PerView = 0.0
     # Where the colour part of the recipe (flip, jitter, grayscale, blur, solarize) runs:
@@ -213,6 +215,10 @@ class ModelConfig(Section):
     # (SimCLR v2: its projector's first layer; every other method: nothing). A fine-tuning or
     # distillation run of such an encoder carries the widths here.
     encoder_head: tuple[Annotated[int, Field(gt=0)], ...] | None = None
+    # "lab": the encoder converts RGB to CIE Lab and encodes L and ab apart, each with a backbone
+    # of half the width, their features concatenated (CMC's encoder). None: what the method
+    # declares (CMC: lab; every other method: none). Fine-tuning runs carry it here.
+    colour_split: Literal["none", "lab"] | None = None
 
 
 class OptimConfig(Section):

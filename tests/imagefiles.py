@@ -81,3 +81,17 @@ def upload(client, bucket: str, prefix: str, files: dict[str, bytes]) -> str:
     for name, raw in files.items():
         client.put_object(Bucket=bucket, Key=f"{prefix}/{name}", Body=raw)
     return f"s3://{bucket}/{prefix}"
+
+
+OPENCLIPART = Path("/usr/share/openclipart/png")
+
+
+def openclipart_folders(root: Path, limits: dict[str, int | None]) -> Path:
+    """Debian's real drawings of the named top folders (the first ``limit`` of each, all for
+    None) linked under ``root`` as the package files them."""
+    for folder, limit in limits.items():
+        for path in sorted((OPENCLIPART / folder).rglob("*.png"))[:limit]:
+            link = root / folder / path.relative_to(OPENCLIPART / folder)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(path)
+    return root

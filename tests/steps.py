@@ -18,11 +18,17 @@ def take_step(
     return training_step(method, optimizer, batch, TrainingClock(step, total_steps, steps_per_epoch))
 
 
-def structured_images(n: int, seed: int) -> np.ndarray:
-    """``n`` random 28 x 28 uint8 images with a bright block: structure for crops to find."""
+def structured_images(n: int, seed: int, channels: int = 1) -> np.ndarray:
+    """``n`` random 28 x 28 uint8 images with a bright block: structure for crops to find; with
+    3 channels (N, 28, 28, 3), the block a colour of its own per image."""
     generator = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=generator).numpy()
-    images[:, 8:20, 6:22] = 230
+    shape = (n, 28, 28) if channels == 1 else (n, 28, 28, 3)
+    images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator).numpy()
+    if channels == 1:
+        images[:, 8:20, 6:22] = 230
+    else:
+        colours = torch.randint(0, 256, (n, 1, 1, 3), dtype=torch.uint8, generator=generator).numpy()
+        images[:, 8:20, 6:22] = colours
     return images
 
 

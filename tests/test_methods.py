@@ -46,12 +46,17 @@ AUGMENT_FOR = {
 }
 
 
+def channels_for(name: str) -> int:
+    """Colour images for a method whose encoder reads colour (CMC's L/ab split), else gray."""
+    return 3 if METHODS[name].colour_split != "none" else 1
+
+
 def small_config(name, tmp_path, **method):
     fields = method_fields(name)
     return config_from_dict(
         {
             "method": {"name": name, **{k: v for k, v in SMALL.items() if k in fields}, **method},
-            "data": {"path": str(tmp_path)},
+            "data": {"path": str(tmp_path), "channels": channels_for(name)},
             "model": {"width": 8, "blocks": [1, 1, 1, 1]},
             "augment": AUGMENT_FOR[METHODS[name].crops.kind],
         }
@@ -61,8 +66,9 @@ def small_config(name, tmp_path, **method):
 def batch_for(method, seed=0, n=32) -> Batch:
     """A batch as the loop gives ``method``: its own recipe's views and parts, made from
     structured random images, with labels (4 classes)."""
-    images = structured_images(n, seed)
-    return method.recipe.batch_of(images, channels=1, seed=seed, labels=torch.arange(n) % 4)
+    channels = channels_for(method.name)
+    images = structured_images(n, seed, channels)
+    return method.recipe.batch_of(images, channels=channels, seed=seed, labels=torch.arange(n) % 4)
 
 
 def test_a_method_is_built_from_its_params_without_a_pipeline():

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 from cli import joined_to_the_shared_head, run_cli
-from imagefiles import bad_files
+from imagefiles import bad_files, openclipart_folders
 from PIL import Image
 
 from ssl_ray.config import StorageConfig, config_from_dict
@@ -86,13 +86,9 @@ def drawings(tmp_path_factory) -> Path:
     """Four of the package's folders, its real drawings linked: plants (95) and geography
     (135) kept, buttons (3, too few) and 40 of special's (a catch-all) dropped; and two bad
     files in plants, skipped and counted."""
-    root = tmp_path_factory.mktemp("openclipart")
-    for folder, limit in (("plants", None), ("geography", None), ("buttons", None), ("special", 40)):
-        files = sorted(Path(SYSTEM_ROOT, folder).rglob("*.png"))[:limit]
-        for path in files:
-            link = root / folder / path.relative_to(Path(SYSTEM_ROOT, folder))
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(path)
+    root = openclipart_folders(
+        tmp_path_factory.mktemp("openclipart"), {"plants": None, "geography": None, "buttons": None, "special": 40}
+    )
     for name, raw in list(bad_files().items())[:2]:
         (root / "plants" / f"bad-{name}").write_bytes(raw)
     return root

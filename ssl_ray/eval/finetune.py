@@ -62,6 +62,7 @@ def finetune_config(
     # The encoder as pretrained, with any head layers it keeps (SimCLR v2 fine-tunes from its
     # projector's first layer): the supervised method's own declaration is none.
     raw["model"]["encoder_head"] = list(pretraining.encoder_head)
+    raw["model"]["colour_split"] = pretraining.colour_split  # CMC's L/ab encoder stays one
     raw["data"].update(label_fraction=None if fraction >= 1.0 else fraction, label_seed=seed, train_subset=train_size)
     # Fine-tuning views: crop and flip, no colour (SimCLR's fine-tuning recipe), and no local
     # crops whatever the pretraining used (the classifier trains on one global view).

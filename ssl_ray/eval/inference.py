@@ -38,6 +38,7 @@ class EncoderSpec:
     seed: int = 0
     image_size: int = 28  # what a ViT's position embeddings are sized for
     head: tuple[int, ...] = ()  # head layers the encoder keeps (``PipelineConfig.encoder_head``)
+    colour_split: str = "none"  # ``PipelineConfig.colour_split``
 
     @classmethod
     def of(cls, kind: str, config: PipelineConfig, state: dict[str, torch.Tensor] | None = None) -> EncoderSpec:
@@ -51,13 +52,14 @@ class EncoderSpec:
             seed=config.train.seed if kind == "random" else 0,
             image_size=config.augment.image_size,
             head=config.encoder_head,
+            colour_split=config.colour_split,
         )
 
     def build(self) -> nn.Module:
         if self.kind == "pixels":
             return pixels_as_features()
         torch.manual_seed(self.seed)
-        encoder, _ = build_encoder(self.model, self.channels, self.image_size, self.head)
+        encoder, _ = build_encoder(self.model, self.channels, self.image_size, self.head, self.colour_split)
         if self.kind == "weights":
             encoder.load_state_dict(self.state)
         return encoder

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from ssl_ray.nn.colour_split import LabSplit
 from ssl_ray.nn.heads import hidden_layers
 
 if TYPE_CHECKING:
@@ -101,12 +102,20 @@ def build_vit(name: str, in_channels: int, image_size: int, patch_size: int, dep
 
 
 def build_encoder(
-    model: ModelConfig, in_channels: int, image_size: int, head: tuple[int, ...] = ()
+    model: ModelConfig, in_channels: int, image_size: int, head: tuple[int, ...] = (), colour_split: str = "none"
 ) -> tuple[nn.Module, int]:
     """The configured encoder and its feature width D (what every method and evaluation builds).
     ``head``: widths of Linear-BN-ReLU layers on the pooled features that belong to the encoder
     (SimCLR v2 keeps its projector's first layer, ``PipelineConfig.encoder_head``); they come
-    last in the same ``nn.Sequential``, so an encoder without them has the same weights' names."""
+    last in the same ``nn.Sequential``, so an encoder without them has the same weights' names.
+    ``colour_split="lab"``: CMC's L and ab halves, each a backbone of half ``model.width``
+    (``PipelineConfig.colour_split``)."""
+    if colour_split == "lab":
+        half = max(1, model.width // 2)
+        luminance, l_dim = build_backbone(model.backbone, 1, half, model.blocks, model.stem_stride, model.stem)
+        chroma, ab_dim = build_backbone(model.backbone, 2, half, model.blocks, model.stem_stride, model.stem)
+        encoder, dim = LabSplit(luminance, l_dim, chroma, ab_dim), l_dim + ab_dim
+        return (encoder, dim) if not head else (nn.Sequential(encoder, hidden_layers([dim, *head])), head[-1])
     if model.backbone.startswith("vit"):
         encoder, dim = build_vit(model.backbone, in_channels, image_size, model.patch_size, model.vit_depth)
     else:

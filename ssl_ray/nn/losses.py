@@ -188,6 +188,31 @@ class InfoNCELoss(nn.Module):
         return F.cross_entropy(logits / self.temperature, labels)
 
 
+class CrossViewNCELoss(nn.Module):
+    """Two views, each contrasted against the other's embeddings only (CMC, Tian et al. 2019,
+    Eq. 2 and 5, with the batch's other images as the negatives instead of a memory bank):
+    ``L = L(V1, V2) + L(V2, V1)``, ``L(V1, V2) = -mean_i log( exp(z1_i.z2_i / tau) /
+    sum_j exp(z1_i.z2_j / tau) )`` over l2-normalised vectors, ``j`` over every worker's batch
+    (gathered with gradient: both views are trained, neither is a target).
+
+    Shapes: ``z1, z2`` (N, D), row i of each from the same image. Scalar.
+    """
+
+    def __init__(self, temperature: float = 0.07) -> None:
+        super().__init__()
+        _check_temperature(temperature)
+        self.temperature = temperature
+
+    @in_fp32
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        _check_pair(z1, z2)
+        z1, z2 = F.normalize(z1.float(), dim=1), F.normalize(z2.float(), dim=1)
+        own = torch.arange(z1.shape[0], device=z1.device) + rank() * z1.shape[0]
+        one_way = F.cross_entropy(z1 @ gather_with_grad(z2).T / self.temperature, own)
+        other_way = F.cross_entropy(z2 @ gather_with_grad(z1).T / self.temperature, own)
+        return one_way + other_way
+
+
 class NegativeCosineLoss(nn.Module):
     """``D(p, z) = -cos(p, stopgrad(z))`` averaged over the batch (SimSiam, Chen & He 2021,
     Eq. 1 and 3). BYOL's ``2 - 2 cos(p, sg(z'))`` (Grill et al. 2020, Eq. 2) is ``2 + 2 D``.

@@ -63,8 +63,8 @@ def colour_transform(config: AugmentConfig, channels: int, view: int = 0) -> nn.
         # One affine colour map per image (views/colour.py): kornia's HSV-based ColorJitter is
         # most of the recipe's cost at 224 px (benchmarks/README.md).
         steps.append(RandomColourJitter(0.8 * s, 0.8 * s, colour[0], colour[1], p=config.jitter_p))
-    if channels == 3:
-        steps.append(K.RandomGrayscale(p=0.2))
+    if channels == 3 and config.grayscale_p > 0:
+        steps.append(K.RandomGrayscale(p=config.grayscale_p))
     blur_p = config.for_view("blur_p", view)
     if blur_p > 0:
         # Kernel about 10% of the image side, odd (SimCLR appendix A).

@@ -1,0 +1,39 @@
+"""CMC's encoder (Tian et al. 2019, "Contrastive Multiview Coding", Sec. 4.1,
+https://arxiv.org/abs/1906.05849): an RGB image converted to CIE Lab, its L channel and its ab
+channels encoded by two networks of half the width each, the representation their features
+concatenated (the paper's {L, ab} split of a ResNet). The conversion sits in the encoder, so
+the kept, evaluated and exported encoder takes RGB images as every other one does."""
+
+from __future__ import annotations
+
+import torch
+from kornia.color import rgb_to_lab
+from torch import nn
+
+# Lab's ranges for sRGB in [0, 1]: L 0..100, a and b within -128..127; mapped to [0, 1], which
+# each half's ImageInput then maps to [-1, 1] like any image.
+_L_RANGE = 100.0
+_AB_LOW, _AB_SPAN = -128.0, 255.0
+
+
+def lab_channels(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(L, ab)``, (N, 1, H, W) and (N, 2, H, W) in [0, 1], of uint8 or [0, 1] RGB (N, 3, H, W)."""
+    rgb = images.float().div(255.0) if images.dtype == torch.uint8 else images.float()
+    lab = rgb_to_lab(rgb.clamp(0.0, 1.0))
+    return lab[:, :1] / _L_RANGE, (lab[:, 1:] - _AB_LOW) / _AB_SPAN
+
+
+class LabSplit(nn.Module):
+    """RGB images (N, 3, H, W) -> ``[f_L, f_ab]`` (N, D_L + D_ab); ``halves`` gives the two."""
+
+    def __init__(self, luminance: nn.Module, luminance_dim: int, chroma: nn.Module, chroma_dim: int) -> None:
+        super().__init__()
+        self.luminance, self.chroma = luminance, chroma
+        self.dims = (luminance_dim, chroma_dim)
+
+    def halves(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lightness, colour = lab_channels(images)
+        return self.luminance(lightness), self.chroma(colour)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.cat(self.halves(images), dim=1)
