@@ -250,7 +250,7 @@ def test_listing_is_cached_per_location(s3, s3_server):
 
 
 def test_pretrain_from_the_bucket_checkpoint_to_it_and_resume(
-    s3, s3_server, tmp_path, mlflow_server, fashion_mnist_dir
+    s3, s3_server, tmp_path, mlflow_server, fashion_mnist_dir, local_ray
 ):
     """The whole path against the S3 server: loose images (with bad files) to train on,
     Parquet shards written by ``prepare`` as the kNN queries, checkpoints into the bucket,
@@ -260,10 +260,9 @@ def test_pretrain_from_the_bucket_checkpoint_to_it_and_resume(
     train_files.update({f"coat/bad-{name}": raw for name, raw in bad_files().items()})
     train_url = upload(client, bucket, "train", train_files)
     val = write_local(tmp_path / "val", fashion_mnist_folder(fashion_mnist_dir, "test", per_class=60, classes=5))
-    # Written in this process (the command's own path into the bucket is
+    # Written in this process, joined to the head (the command's own path into the bucket is
     # test_prepare_fashion_mnist_through_the_cli's): a CLI start less.
-    with joined_to_the_shared_head():
-        prepare(str(val), f"s3://{bucket}/val-shards", PrepareOptions(storage=StorageConfig(endpoint_url=s3_server)))
+    prepare(str(val), f"s3://{bucket}/val-shards", PrepareOptions(storage=StorageConfig(endpoint_url=s3_server)))
 
     def pretrain(*extra):
         done = run_cli(
