@@ -58,17 +58,22 @@ class PrepareOptions:
     storage: StorageConfig = StorageConfig()
 
 
+def _shard_rows(images: list[bytes], labels, paths: list[str], keep: list[int]) -> pa.Table:
+    """The columns a shard holds, for the rows ``keep``."""
+    return pa.table(
+        {
+            "image": pa.array([images[i] for i in keep], type=pa.binary()),
+            "label": pa.array(np.asarray(labels, dtype=np.int64)[keep], type=pa.int64()),
+            "path": pa.array([paths[i] for i in keep], type=pa.string()),
+        }
+    )
+
+
 def _fetch_and_check(batch, filesystem, counter):
     paths = [str(p) for p in batch["path"]]
     keep, _, encoded, skipped = fetch_and_decode(filesystem, paths, 3, _CHECK_SIZE)
     count_skips(counter, len(keep), skipped)
-    return pa.table(
-        {
-            "image": pa.array([encoded[i] for i in keep], type=pa.binary()),
-            "label": pa.array(np.asarray(batch["label"], dtype=np.int64)[keep], type=pa.int64()),
-            "path": pa.array([paths[i] for i in keep], type=pa.string()),
-        }
-    )
+    return _shard_rows(encoded, batch["label"], paths, keep)
 
 
 def _encode_png(image: np.ndarray) -> bytes:
@@ -77,15 +82,21 @@ def _encode_png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _images(src: str, options: PrepareOptions, counter) -> tuple[ray.data.Dataset, tuple[str, ...], float]:
-    """The listed files in a seeded random order, so that every shard holds a random draw of
-    the images (a folder-per-class listing in order would give one class per shard) without
-    moving any image bytes through a shuffle."""
+def _listed(src: str, options: PrepareOptions):
+    """``(files, filesystem, paths, classes, labels)`` of the checked listing of ``src``, the
+    classes its sub-folders."""
     files = listing(src, options.storage)
     filesystem, root = filesystem_for(src, options.storage.endpoint_url, options.storage.region)
     paths = [f.path for f in files]
     classes = folder_classes(root, paths)
-    labels = folder_labels(paths, root, classes)
+    return files, filesystem, paths, classes, folder_labels(paths, root, classes)
+
+
+def _images(src: str, options: PrepareOptions, counter) -> tuple[ray.data.Dataset, tuple[str, ...], float]:
+    """The listed files in a seeded random order, so that every shard holds a random draw of
+    the images (a folder-per-class listing in order would give one class per shard) without
+    moving any image bytes through a shuffle."""
+    files, filesystem, paths, classes, labels = _listed(src, options)
     order = np.random.default_rng(options.seed).permutation(len(paths))
     rows = [{"path": paths[i], "label": int(labels[i])} for i in order]
     checked = path_blocks(rows, FILES_PER_TASK).map_batches(
@@ -102,13 +113,7 @@ def _fashion_mnist(src: str, options: PrepareOptions, counter) -> tuple[ray.data
     encoded = [_encode_png(image) for image in split.images]
     count_skips(counter, len(encoded), {})
     paths = [f"fashion-mnist/{options.split}/{i:05d}.png" for i in range(len(encoded))]
-    table = pa.table(
-        {
-            "image": pa.array(encoded, type=pa.binary()),
-            "label": pa.array(split.labels.astype(np.int64)),
-            "path": pa.array(paths, type=pa.string()),
-        }
-    )
+    table = _shard_rows(encoded, split.labels, paths, list(range(len(encoded))))
     return ray.data.from_arrow(table), fashion_mnist.CLASSES, sum(map(len, encoded)) / len(encoded)
 
 
@@ -122,16 +127,10 @@ def _fetch_and_fit(batch, filesystem, counter, size):
         fitted.append(result)
     keep = [i for i, result in enumerate(fitted) if not isinstance(result, str)]
     count_skips(counter, len(keep), skipped)
-    return pa.table(
-        {
-            "image": pa.array([fitted[i] for i in keep], type=pa.binary()),
-            "label": pa.array(np.asarray(batch["label"], dtype=np.int64)[keep], type=pa.int64()),
-            "path": pa.array([paths[i] for i in keep], type=pa.string()),
-        }
-    )
+    return _shard_rows(fitted, batch["label"], paths, keep)
 
 
-def _refuse_a_used_destination(dst: str, storage: StorageConfig):
+def _refuse_a_used_destination(dst: str, storage: StorageConfig) -> None:
     filesystem, out = filesystem_for(dst, storage.endpoint_url, storage.region)
     try:
         existing = filesystem.get_file_info(pafs.FileSelector(out, allow_not_found=True))
@@ -139,7 +138,6 @@ def _refuse_a_used_destination(dst: str, storage: StorageConfig):
         raise DataSourceError(describe_failure(dst, error)) from None
     if any(info.base_name.endswith(".parquet") for info in existing):
         raise DataSourceError(f"{dst}: already holds Parquet shards; choose an empty destination")
-    return filesystem, out
 
 
 def _write_shards(rows: ray.data.Dataset, dst: str, options: PrepareOptions, mean_bytes: float) -> list:
@@ -209,16 +207,12 @@ def _prepare_openclipart(src: str, dst: str, options: PrepareOptions, started: f
     dst = dst.rstrip("/")
     for side in ("train", "test"):
         _refuse_a_used_destination(f"{dst}/{side}", options.storage)
-    files = listing(src, options.storage)
-    filesystem, root = filesystem_for(src, options.storage.endpoint_url, options.storage.region)
-    paths = [f.path for f in files]
-    classes = folder_classes(root, paths)
+    _, filesystem, paths, classes, labels = _listed(src, options)
     if not classes:
         raise DataSourceError(
             f"{src}: no category folders below it; OpenClipart's drawings sit in one folder per "
             f"category ({openclipart.SYSTEM_ROOT} once Debian's openclipart-png is installed)"
         )
-    labels = folder_labels(paths, root, classes)
     counts = {name: int(np.sum(labels == i)) for i, name in enumerate(classes)}
     kept, dropped = openclipart.choose_categories(counts)
     if not kept:

@@ -16,7 +16,7 @@ from ssl_ray.train.trainer import TrainedRun
 
 def register_encoder(run: TrainedRun) -> None:
     """The encoder (the backbone, with any head layers it keeps) as an MLflow PyTorch model,
-    registered (``tracking.registered_model``), unless ``tracking.register_model`` is false."""
+    registered (``tracking.registered_model``)."""
     config = run.config
     channels, size = config.data.channels, config.augment.image_size
     encoder, _ = build_encoder(config.model, channels, size, config.encoder_head, config.colour_split)
@@ -45,6 +45,7 @@ def probe_at_end(run: TrainedRun) -> None:
 
 
 def finish_pretraining(run: TrainedRun) -> None:
+    """Registration (unless ``tracking.register_model`` is false), then the probe if asked."""
     if run.config.tracking.register_model:
         register_encoder(run)
     if run.config.eval.linear_probe_at_end and run.labelled_eval:

@@ -72,10 +72,10 @@ class SSLMethod(nn.Module):
     # Submodules whose weights a run must be given to start from (a distillation's teacher:
     # ``run_pretraining(init_state=...)``), and what to tell a user who starts one without.
     given_state: ClassVar[tuple[str, ...]] = ()
+    given_state_why: ClassVar[str] = ""
     # How its encoder reads colour (``nn.backbones.build_encoder``): "lab" splits L from ab
     # (CMC), which needs 3-channel images; "none" for the rest.
     colour_split: ClassVar[str] = "none"
-    given_state_why: ClassVar[str] = ""
 
     @classmethod
     def kept_head(cls, params: MethodParams) -> tuple[int, ...]:

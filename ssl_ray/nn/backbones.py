@@ -115,8 +115,7 @@ def build_encoder(
         luminance, l_dim = build_backbone(model.backbone, 1, half, model.blocks, model.stem_stride, model.stem)
         chroma, ab_dim = build_backbone(model.backbone, 2, half, model.blocks, model.stem_stride, model.stem)
         encoder, dim = LabSplit(luminance, l_dim, chroma, ab_dim), l_dim + ab_dim
-        return (encoder, dim) if not head else (nn.Sequential(encoder, hidden_layers([dim, *head])), head[-1])
-    if model.backbone.startswith("vit"):
+    elif model.backbone.startswith("vit"):
         encoder, dim = build_vit(model.backbone, in_channels, image_size, model.patch_size, model.vit_depth)
     else:
         encoder, dim = build_backbone(
@@ -124,4 +123,5 @@ def build_encoder(
         )
     if not head:
         return encoder, dim
-    return nn.Sequential(*encoder, hidden_layers([dim, *head])), head[-1]
+    layers = [*encoder] if isinstance(encoder, nn.Sequential) else [encoder]
+    return nn.Sequential(*layers, hidden_layers([dim, *head])), head[-1]
