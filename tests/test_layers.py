@@ -30,10 +30,21 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _parse(source: str) -> ast.Module:
+    """``ast.parse``, once more on CPython 3.11.7's spurious "AST constructor recursion depth
+    mismatch" SystemError (python/cpython#106905, fixed in 3.11.8), seen once in a full run."""
+    try:
+        return ast.parse(source)
+    except SystemError as error:
+        if "recursion depth mismatch" not in str(error):
+            raise
+        return ast.parse(source)
+
+
 def imports_in(source: str, package: str) -> set[str]:
     """Every module ``source`` (a module of ``package``) imports, wherever the statement is."""
     found = set()
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(_parse(source)):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
