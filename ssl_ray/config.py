@@ -45,6 +45,10 @@ def _default_method() -> MethodParams:
     return METHODS["simclr"].Params(name="simclr")
 
 
+# What each colour split does with an image, for the refusals.
+_COLOUR_SPLITS = {"lab": "encodes the L and ab channels", "luminance": "predicts the ab channels from the L channel"}
+
+
 class PipelineConfig(Section):
     # The method and its hyperparameters: ``name`` picks the method, every other field is one
     # of that method's own (``SSLMethod.Params``, in its module), checked against them and
@@ -86,15 +90,19 @@ class PipelineConfig(Section):
         refusal = recipe.refusal(self.method.name, self.data.channels, multi_crop_methods=takers)
         if refusal:
             raise ValueError(refusal)
-        if self.colour_split == "lab":
+        if self.colour_split != "none":
+            does = _COLOUR_SPLITS[self.colour_split]
             if self.data.channels != 3:
                 raise ValueError(
-                    f"method.name: {self.method.name} encodes the L and ab channels of colour images apart; "
-                    f"the data at {self.data.path} are read with 1 channel (data.channels=1): give it colour "
-                    "images with data.channels=3 (pipelines/cmc_openclipart.yaml)"
+                    f"method.name: {self.method.name} {does} of colour images; the data at {self.data.path} "
+                    f"are read with 1 channel (data.channels=1): give it colour images with data.channels=3 "
+                    f"(pipelines/{self.method.name}_openclipart.yaml)"
                 )
             if self.model.backbone.startswith("vit"):
-                raise ValueError("model.backbone: the L/ab split (model.colour_split=lab) is built of ResNets")
+                raise ValueError(
+                    f"model.backbone: the encoder that {does} (model.colour_split={self.colour_split}) "
+                    "is built of ResNets"
+                )
         if self.model.backbone.startswith("vit"):
             sizes = {self.augment.image_size, *([self.augment.local_image_size] if self.augment.local_crops else [])}
             for size in sorted(sizes):

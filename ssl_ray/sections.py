@@ -216,9 +216,10 @@ class ModelConfig(Section):
     # distillation run of such an encoder carries the widths here.
     encoder_head: tuple[Annotated[int, Field(gt=0)], ...] | None = None
     # "lab": the encoder converts RGB to CIE Lab and encodes L and ab apart, each with a backbone
-    # of half the width, their features concatenated (CMC's encoder). None: what the method
-    # declares (CMC: lab; every other method: none). Fine-tuning runs carry it here.
-    colour_split: Literal["none", "lab"] | None = None
+    # of half the width, their features concatenated (CMC's encoder); "luminance": it encodes
+    # the L channel alone (colourisation's). None: what the method declares (CMC: lab;
+    # colorization: luminance; every other method: none). Fine-tuning runs carry it here.
+    colour_split: Literal["none", "lab", "luminance"] | None = None
 
 
 class OptimConfig(Section):

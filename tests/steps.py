@@ -40,8 +40,9 @@ def fit_targets(method: SSLMethod, n: int = 64, seed: int = 0) -> dict:
         return {}
     from ssl_ray.train.refit import refit_targets
 
+    channels = 3 if method.colour_split != "none" else 1
     batch = {
-        "image": torch.from_numpy(structured_images(n, seed)),
+        "image": torch.from_numpy(structured_images(n, seed, channels)),
         "label": torch.arange(n) % 4,
         "sample_index": torch.arange(n),
     }

@@ -106,7 +106,9 @@ def test_one_channel_data_are_refused_naming_the_data(tmp_path):
         ConfigError, match=rf"method\.name: cmc encodes the L and ab channels .* at {tmp_path} .*data\.channels=3"
     ):
         config_from_dict({"method": {"name": "cmc"}, "data": {"path": str(tmp_path)}, "augment": {"global_crops": 1}})
-    with pytest.raises(ConfigError, match=r"model\.backbone: the L/ab split"):
+    with pytest.raises(
+        ConfigError, match=r"model\.backbone: the encoder that encodes the L and ab channels .* is built of ResNets"
+    ):
         config_from_dict(
             {
                 "method": {"name": "cmc"},

@@ -9,11 +9,13 @@ import re
 from pathlib import Path
 
 import boto3
+import pyarrow.parquet as pq
 import pytest
 import torch
 from cli import SMALL_RUN, joined_to_the_shared_head, pipeline, run_cli
 from imagefiles import OPENCLIPART, openclipart_folders
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from ssl_ray.config import load_config
 from ssl_ray.data.prepare import PrepareOptions, prepare
@@ -283,9 +285,11 @@ def openclipart_shards(tmp_path_factory, local_ray) -> Path:
 
 # CMC's 3-channel path through Ray Data and Ray Train is the images pipeline's (RGB, in
 # test_images_pipeline), its encoder in the evaluation's actors is unit-tested (test_cmc); its
-# run here, with its resume, is outside the default run's time.
-@pytest.mark.slow
-@pytest.mark.parametrize("method", COLOUR)
+# run here, with its resume, is outside the default run's time. Colorization's is not: its
+# colour count over the training images before epoch 1 and its picture after the last.
+@pytest.mark.parametrize(
+    "method", [pytest.param(m, marks=[] if m == "colorization" else pytest.mark.slow) for m in COLOUR]
+)
 def test_colour_methods_train_and_resume_on_openclipart(tmp_path, mlflow_server, openclipart_shards, method):
     overrides = [
         *SMALL_RUN,
@@ -316,3 +320,19 @@ def test_colour_methods_train_and_resume_on_openclipart(tmp_path, mlflow_server,
     assert sorted(m.step for m in client.get_metric_history(first.mlflow_run_id, "loss")) == [1, 2]
     # Two categories: the kNN monitor (the L/ab encoder in the evaluation's actors) beats chance.
     assert 0.5 < run.data.metrics["knn_top1"] <= 1.0, run.data.metrics["knn_top1"]
+    if method == "colorization":
+        # The colours were counted once, before epoch 1, over every training drawing; the
+        # resume trained on the checkpoint's weights rather than counting again.
+        counted = client.get_metric_history(first.mlflow_run_id, "targets_fitted_images")
+        drawings = sum(pq.ParquetFile(f).metadata.num_rows for f in (openclipart_shards / "train").glob("*.parquet"))
+        assert [(m.step, m.value) for m in counted] == [(1, drawings)]
+        assert run.data.metrics["colour_bins_used"] > 10
+        assert run.data.metrics["rebalancing_weight_max"] > 1.0 > run.data.metrics["rebalancing_weight_min"]
+        # A picture after each command's last epoch: the first run's and the resumed one's.
+        pictures = [a.path for a in client.list_artifacts(first.mlflow_run_id, "illustrations")]
+        assert pictures == [f"illustrations/colorization_epoch_{e}.png" for e in (1, 2)], pictures
+        local = client.download_artifacts(first.mlflow_run_id, pictures[-1], str(tmp_path))
+        with Image.open(local) as picture:  # 3 rows (gray, predicted, true) of 12 drawings, drawn 2x
+            side = (picture.height // 2 - 2) // 3 - 2  # the held-out images' side
+            assert picture.mode == "RGB" and picture.size == (2 * (2 + 12 * (side + 2)), 2 * (2 + 3 * (side + 2)))
+            assert side in (24, 32), side

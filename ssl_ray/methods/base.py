@@ -65,16 +65,26 @@ class SSLMethod(nn.Module):
     # between epochs (DeepCluster's k-means pseudo-labels). The loop then embeds every training
     # image when ``targets_due`` says so (``train/refit.py``), in two streamed passes: a sample
     # to ``fit_targets`` on, then every image through the fitted ``assign``; the result goes to
-    # ``adopt_targets``. The data pipeline draws images uniformly over the targets' classes.
+    # ``adopt_targets``. What is fitted to is ``target_features`` of the images: the encoder's
+    # features by default, anything per image a method needs (colourisation's colour histograms).
     fits_targets: ClassVar[bool] = False
+    # Whether the data pipeline then draws images uniformly over the targets' classes
+    # (``target_classes``: DeepCluster's fix for empty clusters).
+    balanced_over_targets: ClassVar[bool] = False
+    # Buffers the fit sets on rank 0 that every rank must hold (colourisation's rebalancing
+    # weights): broadcast from rank 0 once the targets are adopted.
+    fitted_buffers: ClassVar[tuple[str, ...]] = ()
     # Submodules re-initialised with each new set of targets: their optimiser state is dropped.
     reset_with_targets: ClassVar[tuple[str, ...]] = ()
     # Submodules whose weights a run must be given to start from (a distillation's teacher:
     # ``run_pretraining(init_state=...)``), and what to tell a user who starts one without.
     given_state: ClassVar[tuple[str, ...]] = ()
     given_state_why: ClassVar[str] = ""
+    # Whether it draws a picture of its work on held-out images after the last epoch (``illustrate``).
+    illustrates: ClassVar[bool] = False
     # How its encoder reads colour (``nn.backbones.build_encoder``): "lab" splits L from ab
-    # (CMC), which needs 3-channel images; "none" for the rest.
+    # (CMC), "luminance" reads L alone (colourisation): both need 3-channel images; "none" for
+    # the rest.
     colour_split: ClassVar[str] = "none"
 
     @classmethod
@@ -144,8 +154,13 @@ class SSLMethod(nn.Module):
         """How many training images the fit needs at most (the rest are only assigned)."""
         raise NotImplementedError
 
-    def fit_targets(self, features: torch.Tensor, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        """Fit to the sample's encoder features (N, D); returns features -> each row's target."""
+    def target_features(self, images: torch.Tensor) -> torch.Tensor:
+        """What the fit sees of each training image (N, C, H, W uint8): (N, D)."""
+        return self.backbone(images)
+
+    def fit_targets(self, features: torch.Tensor, seed: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """Fit to the sample's ``target_features`` (N, D); returns features -> each row's
+        target, or None when the fit gives nothing per image (only ``fitted_buffers``)."""
         raise NotImplementedError
 
     def adopt_targets(self, epoch: int, index: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -157,6 +172,14 @@ class SSLMethod(nn.Module):
         """Each training image's class under the current targets (indexed by sample index), for
         the data pipeline's class-uniform draws; None before any."""
         return None
+
+    @torch.no_grad()
+    def illustrate(self, images: torch.Tensor) -> torch.Tensor:
+        """With ``illustrates``: a picture of what the method does to these held-out images
+        (N, C, H, W uint8), as float RGB rows in [0, 1] (R, N, 3, H, W) that the loop lays out
+        as a grid and logs to the run after its last epoch (colourisation: the gray input, the
+        colours it predicts, the truth)."""
+        raise NotImplementedError
 
     @torch.no_grad()
     def after_step(self, outputs: dict[str, Any]) -> None:

@@ -42,6 +42,7 @@ UNASSIGNED = -1
 class DeepCluster(SSLMethod):
     crops = ONE_VIEW
     fits_targets = True
+    balanced_over_targets = True
     reset_with_targets = ("classifier",)
 
     class Params(PerSample):

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from ssl_ray.nn.colour_split import LabSplit
+from ssl_ray.nn.colour_split import LabSplit, LuminanceOnly
 from ssl_ray.nn.heads import hidden_layers
 
 if TYPE_CHECKING:
@@ -109,12 +109,16 @@ def build_encoder(
     (SimCLR v2 keeps its projector's first layer, ``PipelineConfig.encoder_head``); they come
     last in the same ``nn.Sequential``, so an encoder without them has the same weights' names.
     ``colour_split="lab"``: CMC's L and ab halves, each a backbone of half ``model.width``
-    (``PipelineConfig.colour_split``)."""
+    (``PipelineConfig.colour_split``); ``"luminance"``: the L channel alone, of the full width
+    (colourisation's encoder)."""
     if colour_split == "lab":
         half = max(1, model.width // 2)
         luminance, l_dim = build_backbone(model.backbone, 1, half, model.blocks, model.stem_stride, model.stem)
         chroma, ab_dim = build_backbone(model.backbone, 2, half, model.blocks, model.stem_stride, model.stem)
         encoder, dim = LabSplit(luminance, l_dim, chroma, ab_dim), l_dim + ab_dim
+    elif colour_split == "luminance":
+        luminance, dim = build_backbone(model.backbone, 1, model.width, model.blocks, model.stem_stride, model.stem)
+        encoder = LuminanceOnly(luminance)
     elif model.backbone.startswith("vit"):
         encoder, dim = build_vit(model.backbone, in_channels, image_size, model.patch_size, model.vit_depth)
     else:

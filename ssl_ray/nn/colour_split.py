@@ -1,14 +1,17 @@
 """CMC's encoder (Tian et al. 2019, "Contrastive Multiview Coding", Sec. 4.1,
 https://arxiv.org/abs/1906.05849): an RGB image converted to CIE Lab, its L channel and its ab
 channels encoded by two networks of half the width each, the representation their features
-concatenated (the paper's {L, ab} split of a ResNet). The conversion sits in the encoder, so
-the kept, evaluated and exported encoder takes RGB images as every other one does."""
+concatenated (the paper's {L, ab} split of a ResNet); and colourisation's encoder, which reads
+the L channel only (``LuminanceOnly``). The conversion sits in the encoder, so
+the kept, evaluated and exported encoders take RGB images as every other one does."""
 
 from __future__ import annotations
 
 import torch
 from kornia.color import rgb_to_lab
 from torch import nn
+
+from ssl_ray.nn.feature_maps import stage_feature_maps
 
 # Lab's ranges for sRGB in [0, 1]: L 0..100, a and b within -128..127; mapped to [0, 1], which
 # each half's ImageInput then maps to [-1, 1] like any image.
@@ -37,3 +40,19 @@ class LabSplit(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return torch.cat(self.halves(images), dim=1)
+
+
+class LuminanceOnly(nn.Module):
+    """RGB images (N, 3, H, W) -> the features of their L channel alone (Zhang et al. 2016's
+    colourisation network sees L and nothing else). ``feature_maps`` gives the stages' maps of
+    the same pass, for a dense head."""
+
+    def __init__(self, luminance: nn.Module) -> None:
+        super().__init__()
+        self.luminance = luminance
+
+    def feature_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return stage_feature_maps(self.luminance, lab_channels(images)[0])
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.luminance(lab_channels(images)[0])

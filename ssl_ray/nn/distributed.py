@@ -113,3 +113,10 @@ def rank_zero_rows(rows: torch.Tensor | None, columns: int, device: torch.device
         table = torch.empty((int(count.item()), columns), dtype=torch.long, device=device)
     dist.broadcast(table, src=0)
     return table
+
+
+@torch.no_grad()
+def rank_zero_tensor(tensor: torch.Tensor) -> None:
+    """Rank 0's values of ``tensor`` (same shape on every rank) copied into it on every rank."""
+    if is_distributed():
+        dist.broadcast(tensor, src=0)

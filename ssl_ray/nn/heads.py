@@ -84,3 +84,30 @@ class TileFusion(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         n, tiles, dim = features.shape
         return self.head(self.per_tile(features.reshape(n * tiles, dim)).view(n, -1))
+
+
+class HypercolumnHead(nn.Module):
+    """A per-pixel classifier on an encoder's stage feature maps (``nn.feature_maps``): each
+    map taken to ``dim`` channels by a 1x1 conv (BN, ReLU) and resized to ``size``, the sum
+    through a 3x3 conv (BN, ReLU) and a 1x1 conv to ``classes`` logits, (N, classes, size,
+    size). The hypercolumns of Larsson et al. 2016 ("Learning Representations for Automatic
+    Colorization", Sec. 3, https://arxiv.org/abs/1603.06668): fine and coarse stages both
+    reach every pixel, where a small encoder's last map alone is a few cells wide."""
+
+    def __init__(self, widths: list[int], dim: int, classes: int) -> None:
+        super().__init__()
+        self.lateral = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(width, dim, 1, bias=False), nn.BatchNorm2d(dim), nn.ReLU(inplace=True))
+            for width in widths
+        )
+        self.fuse = nn.Sequential(
+            nn.Conv2d(dim, dim, 3, padding=1, bias=False), nn.BatchNorm2d(dim), nn.ReLU(inplace=True)
+        )
+        self.classify = nn.Conv2d(dim, classes, 1)
+
+    def forward(self, maps: list[torch.Tensor], size: int) -> torch.Tensor:
+        fused = sum(
+            F.interpolate(lateral(m), size=(size, size), mode="bilinear", align_corners=False)
+            for lateral, m in zip(self.lateral, maps)
+        )
+        return self.classify(self.fuse(fused))

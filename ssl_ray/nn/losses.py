@@ -267,3 +267,20 @@ class MemoryNCELoss(nn.Module):
         noise = math.log(negatives.shape[0] / self.dataset_size)  # log(K P_n) = log(K / n)
         offset = self.log_normaliser + noise
         return (F.softplus(offset - positive) + F.softplus(negative - offset).sum(dim=1)).mean()
+
+
+class RebalancedColourLoss(nn.Module):
+    """Zhang et al. 2016, Eq. 2-3: the multinomial cross-entropy between the predicted colour
+    distribution Z^ (logits (N, Q, H, W)) and the soft-encoded true colour Z (N, Q, H, W), each
+    pixel weighted by its true colour's rarity v(Z_hw) = w_q*, q* = argmax_q Z_hwq (``weights``
+    (Q,), Eq. 4):
+
+        L = - sum_{h,w} v(Z_hw) sum_q Z_hwq log Z^_hwq
+
+    averaged here over the pixels and images rather than summed, so the loss's scale does not
+    move with the resolution."""
+
+    @in_fp32
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        per_pixel = -(target * F.log_softmax(logits, dim=1)).sum(dim=1)  # (N, H, W)
+        return (weights[target.argmax(dim=1)] * per_pixel).mean()

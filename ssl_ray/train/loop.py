@@ -22,12 +22,13 @@ from ssl_ray.data.balance import uniform_over_classes
 from ssl_ray.data.decode import SKIP_REASONS
 from ssl_ray.methods.base import SSLMethod, TrainingClock
 from ssl_ray.monitors.collapse import effective_rank, normalized_std
-from ssl_ray.monitors.features import extract_features, pixels_as_features
+from ssl_ray.monitors.features import as_nchw, extract_features, pixels_as_features
 from ssl_ray.monitors.knn import knn_top1
 from ssl_ray.nn.distributed import all_reduce_mean, all_reduce_no_grad, rank_zero_says
 from ssl_ray.nn.precision import resolve_memory_format, resolve_precision
 from ssl_ray.nn.schedules import warmup_cosine
 from ssl_ray.tracking.mlflow_run import RunTracker
+from ssl_ray.tracking.pictures import save_image_rows
 from ssl_ray.train.build import build_method
 from ssl_ray.train.checkpoint import load_state, save_state
 from ssl_ray.train.guard import NonFiniteGuard, non_finite_tensors
@@ -356,6 +357,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             metrics["knn_top1"] = w.knn(w.method.backbone)
             if w.method.classifies:
                 metrics["test_top1"] = w.classifier_top1()
+        if w.rank == 0 and knn and w.method.illustrates and w.epoch == w.config.train.epochs:
+            _illustrate(w)
         counter = setup.skip_counter
         if w.rank == 0 and counter is not None:
             # Every worker has finished the epoch (the loss all-reduce waits for all), so every
@@ -368,6 +371,30 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             w.verdict_pending = True
             if w.rank == 0:
                 w.verdict = setup.epoch_gate.ask(w.epoch)  # answered while the next epoch trains
+
+
+ILLUSTRATED_IMAGES = 12  # held-out images in the picture a method draws of its work
+
+
+def _illustrate(w: Worker) -> None:
+    """The method's picture of what it does to the first held-out images (``illustrate``), one
+    row per kind of image, as a PNG in the run's ``illustrations/``."""
+    # The whole pass, not its first batch: a stream left open would hold its tasks' resources.
+    batches = [b["image"] for b in _eval_batches("knn_query")]
+    images = as_nchw(torch.cat(batches)[:ILLUSTRATED_IMAGES].to(w.device))
+    was_training = w.method.training
+    w.method.eval()
+    try:
+        rows = w.method.illustrate(images)
+    finally:
+        w.method.train(was_training)
+    with tempfile.TemporaryDirectory() as directory:
+        path = save_image_rows(rows, f"{directory}/{w.method.name}_epoch_{w.epoch}.png")
+        w.tracker.log_artifact(path, "illustrations")
+    _say(
+        w,
+        f"epoch {w.epoch}: a picture of the method's work on {len(images)} held-out images in the run's illustrations/",
+    )
 
 
 def _fitted_line(epoch: int, fitted: dict[str, float]) -> str:

@@ -251,10 +251,11 @@ def _prepare_data(run: _Run) -> None:
     run.use_gpu = _use_gpu(config)
     run.augment_on_device = config.augment.on == "device" or (config.augment.on == "auto" and run.use_gpu)
     run.skips = SkipCounter.remote() if config.data.source != "fashion_mnist" else None
-    fits_targets = METHODS[config.method.name].fits_targets
-    # A method that fits targets draws its images uniformly over their classes, by the weights
-    # its loop publishes here, and embeds every training image for each fit.
-    run.balance = ClassBalance.remote() if fits_targets else None
+    method = METHODS[config.method.name]
+    fits_targets = method.fits_targets
+    # A method that fits targets embeds every training image for each fit; one balanced over
+    # them draws its images uniformly over their classes, by the weights its loop publishes here.
+    run.balance = ClassBalance.remote() if fits_targets and method.balanced_over_targets else None
     run.data = build_pretrain_data(
         config,
         counter=run.skips,

@@ -1,0 +1,29 @@
+"""A ResNet encoder's feature maps before pooling: what dense heads read (colourisation's
+per-pixel colour distribution; pixel-level methods and dense evaluation after it)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def stage_feature_maps(encoder: nn.Sequential, images: torch.Tensor) -> list[torch.Tensor]:
+    """The four stages' outputs (N, C_i, H_i, W_i) of ``nn.backbones.build_backbone``'s encoder
+    (``ImageInput`` then a torchvision ResNet), the same weights its pooled features come from."""
+    image_input, net = encoder[0], encoder[1]
+    x = net.maxpool(net.relu(net.bn1(net.conv1(image_input(images)))))
+    maps = []
+    for stage in (net.layer1, net.layer2, net.layer3, net.layer4):
+        x = stage(x)
+        maps.append(x)
+    return maps
+
+
+def stage_widths(encoder: nn.Sequential) -> list[int]:
+    """Channels of each of the four stages' outputs: the last BatchNorm of each stage."""
+    net = encoder[1]
+    widths = []
+    for stage in (net.layer1, net.layer2, net.layer3, net.layer4):
+        norms = [m for m in stage.modules() if isinstance(m, nn.BatchNorm2d)]
+        widths.append(norms[-1].num_features)
+    return widths
