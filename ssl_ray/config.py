@@ -90,6 +90,9 @@ class PipelineConfig(Section):
         refusal = recipe.refusal(self.method.name, self.data.channels, multi_crop_methods=takers)
         if refusal:
             raise ValueError(refusal)
+        refusal = METHODS[self.method.name].model_refusal(self.method, self.model)
+        if refusal:
+            raise ValueError(refusal)
         if self.colour_split != "none":
             does = _COLOUR_SPLITS[self.colour_split]
             if self.data.channels != 3:

@@ -210,6 +210,9 @@ class ModelConfig(Section):
     # ViTs: the patch side in pixels (every crop size must be a multiple of it), and blocks.
     patch_size: int = Field(default=4, ge=1)
     vit_depth: int = Field(default=12, ge=1)
+    # What a ViT's features are: its class token (ViT, DINO) or the mean of its patch tokens
+    # after the last norm (MAE's fine-tuning and probing, whose class token no loss reaches).
+    vit_pool: Literal["token", "mean"] = "token"
     # Widths of Linear-BN-ReLU layers on the pooled features that are part of the encoder: kept,
     # evaluated, exported and fine-tuned with it. None: what the method keeps of its head
     # (SimCLR v2: its projector's first layer; every other method: nothing). A fine-tuning or
@@ -231,6 +234,8 @@ class OptimConfig(Section):
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
     warmup_epochs: float = Field(default=1.0, ge=0.0)
     final_lr_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    # AdamW's (beta1, beta2); MAE and BEiT train with beta2 0.95 (He et al. 2022, Table 8).
+    adam_betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = (0.9, 0.999)
     # Clip the global gradient norm to this value before each step (None = no clipping).
     grad_clip_norm: float | None = Field(default=None, gt=0.0)
 

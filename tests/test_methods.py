@@ -14,6 +14,7 @@ from ssl_ray.methods import METHODS, register_method
 from ssl_ray.methods.base import TrainingClock
 from ssl_ray.monitors.collapse import effective_rank, normalized_std
 from ssl_ray.nn.schedules import cosine_momentum
+from ssl_ray.sections import ModelConfig
 from ssl_ray.train.build import build_method
 from ssl_ray.train.checkpoint import load_state, save_state
 from ssl_ray.train.optim import build_optimizer, param_groups
@@ -51,13 +52,23 @@ def channels_for(name: str) -> int:
     return 3 if METHODS[name].colour_split != "none" else 1
 
 
+SMALL_RESNET = {"width": 8, "blocks": [1, 1, 1, 1]}
+# For the methods that refuse a ResNet (MAE, BEiT): a 2-block ViT on 8 px patches.
+SMALL_VIT = {"backbone": "vit_tiny", "vit_depth": 2, "patch_size": 8, "vit_pool": "mean"}
+
+
+def model_for(name: str) -> dict:
+    params = METHODS[name].Params(name=name)
+    return SMALL_VIT if METHODS[name].model_refusal(params, ModelConfig(**SMALL_RESNET)) else SMALL_RESNET
+
+
 def small_config(name, tmp_path, **method):
     fields = method_fields(name)
     return config_from_dict(
         {
             "method": {"name": name, **{k: v for k, v in SMALL.items() if k in fields}, **method},
             "data": {"path": str(tmp_path), "channels": channels_for(name)},
-            "model": {"width": 8, "blocks": [1, 1, 1, 1]},
+            "model": model_for(name),
             "augment": AUGMENT_FOR[METHODS[name].crops.kind],
         }
     )

@@ -12,7 +12,7 @@ from torch import nn
 
 from ssl_ray.methods.params import MethodParams
 from ssl_ray.nn.momentum import MomentumTargets, deactivate_requires_grad, update_momentum
-from ssl_ray.sections import AugmentConfig
+from ssl_ray.sections import AugmentConfig, ModelConfig
 from ssl_ray.views.parts import RecipePart
 from ssl_ray.views.recipe import TWO_VIEWS, Batch, BatchRecipe, Crops
 
@@ -94,6 +94,12 @@ class SSLMethod(nn.Module):
         backbone, so ``self.backbone`` includes them and the method's own head starts after
         them. None by default (the backbone's pooled features are the representation)."""
         return ()
+
+    @classmethod
+    def model_refusal(cls, params: MethodParams, model: ModelConfig) -> str | None:
+        """Why the method cannot train this encoder (``model.*``), naming the field to change;
+        None when it can. Asked when the config is parsed."""
+        return None
 
     @classmethod
     def data_refusal(cls, params: MethodParams, train_size: int) -> str | None:

@@ -80,9 +80,12 @@ def build_backbone(
 _VITS = {"vit_tiny": (192, 3), "vit_small": (384, 6)}  # embedding width, heads
 
 
-def build_vit(name: str, in_channels: int, image_size: int, patch_size: int, depth: int = 12) -> tuple[nn.Module, int]:
-    """A ViT (Dosovitskiy et al. 2021) whose output is the class token, (N, D); any image size
-    that is a multiple of ``patch_size`` passes (DINO's local crops)."""
+def build_vit(
+    name: str, in_channels: int, image_size: int, patch_size: int, depth: int = 12, pool: str = "token"
+) -> tuple[nn.Module, int]:
+    """A ViT (Dosovitskiy et al. 2021) whose output is the class token, or with ``pool="mean"``
+    the mean of the patch tokens after the last norm, (N, D); any image size that is a multiple
+    of ``patch_size`` passes (DINO's local crops)."""
     from timm.models.vision_transformer import VisionTransformer
 
     if name not in _VITS:
@@ -97,6 +100,8 @@ def build_vit(name: str, in_channels: int, image_size: int, patch_size: int, dep
         num_heads=heads,
         num_classes=0,
         dynamic_img_size=True,
+        global_pool="avg" if pool == "mean" else "token",
+        fc_norm=False,  # the norm before pooling either way: the same weights, either output
     )
     return nn.Sequential(ImageInput(), vit), width
 
@@ -120,7 +125,9 @@ def build_encoder(
         luminance, dim = build_backbone(model.backbone, 1, model.width, model.blocks, model.stem_stride, model.stem)
         encoder = LuminanceOnly(luminance)
     elif model.backbone.startswith("vit"):
-        encoder, dim = build_vit(model.backbone, in_channels, image_size, model.patch_size, model.vit_depth)
+        encoder, dim = build_vit(
+            model.backbone, in_channels, image_size, model.patch_size, model.vit_depth, model.vit_pool
+        )
     else:
         encoder, dim = build_backbone(
             model.backbone, in_channels, model.width, model.blocks, model.stem_stride, model.stem

@@ -284,3 +284,23 @@ class RebalancedColourLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         per_pixel = -(target * F.log_softmax(logits, dim=1)).sum(dim=1)  # (N, H, W)
         return (weights[target.argmax(dim=1)] * per_pixel).mean()
+
+
+class MaskedPatchLoss(nn.Module):
+    """He et al. 2022, Sec. 3 ("Reconstruction target"): the mean squared error between the
+    predicted and the true pixels of each patch (N, L, P), averaged over the hidden patches only
+    (``mask`` (N, L), True where hidden); with ``normalise``, each true patch first standardised
+    by its own pixels' mean and variance, t' = (t - mean(t)) / sqrt(var(t) + 1e-6)."""
+
+    def __init__(self, normalise: bool = True) -> None:
+        super().__init__()
+        self.normalise = normalise
+
+    @in_fp32
+    def forward(self, predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.normalise:
+            mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
+            target = (target - mean) / (var + 1e-6).sqrt()  # the reference code's epsilon
+        per_patch = (predicted - target).square().mean(dim=-1)
+        hidden = mask.to(per_patch.dtype)
+        return (per_patch * hidden).sum() / hidden.sum()

@@ -41,4 +41,4 @@ def build_optimizer(config: OptimConfig, model: nn.Module, lr: float, fused: boo
     if config.name == "lars":
         # timm's LARS skips the trust ratio for groups without weight decay (biases, BN).
         return Lars(groups, lr=lr, momentum=config.momentum)
-    return torch.optim.AdamW(groups, lr=lr, fused=fused or None)
+    return torch.optim.AdamW(groups, lr=lr, betas=config.adam_betas, fused=fused or None)
