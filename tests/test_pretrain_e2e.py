@@ -103,7 +103,7 @@ def test_pretrain_checkpoint_and_mlflow(simclr_pretrained, mlflow_server):
 
 
 # The runs that also resume: their momentum targets and buffers must come back.
-RESUMED = ("moco_v2", "dino", "pirl", "deepcluster", "mae")
+RESUMED = ("moco_v2", "dino", "pirl", "deepcluster", "mae", "beit")
 
 
 def _slow_if_covered(method: str):
@@ -207,6 +207,10 @@ def test_every_method_trains_through_ray_train(
     assert len(client.get_metric_history(run_id, "knn_top1_init")) == 1
     steps = sorted(m.step for m in client.get_metric_history(run_id, "loss_step"))
     assert steps == list(range(1, 2 * 16 + 1)), "step count continues from the checkpoint"
+    # The resumed run's schedule ends with its own 2 epochs, not the checkpoint's run's 1: the
+    # learning rate of epoch 2 is not held at the end of a finished schedule.
+    lr = {m.step: m.value for m in client.get_metric_history(run_id, "lr_step")}
+    assert lr[20] > lr[30] > 0, lr  # logged every 10 steps
     assert client.get_run(run_id).info.status == "FINISHED"
     (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if p.name.startswith(f"e2e-{method}-")]
     state = load_state(max((p for p in run_dir.glob("checkpoint_*") if p.is_dir()), key=lambda p: p.name))
@@ -226,6 +230,16 @@ def test_every_method_trains_through_ray_train(
         assert torch.equal(state["model"]["assignments"], first["model"]["assignments"])
         assert (first["model"]["assignments"] >= 0).all()
         assert [m.step for m in client.get_metric_history(run_id, "nmi_labels")] == [1]
+        return
+    if method == "beit":
+        # The tokenizer was fitted once, before epoch 1, logged to the run, and the resumed
+        # epoch 2 predicted the same codebook's tokens (the checkpoint's, not a new fit).
+        assert [m.step for m in client.get_metric_history(run_id, "tokenizer_codes_used")] == [1]
+        assert [a.path for a in client.list_artifacts(run_id, "fitted")] == ["fitted/beit_before_epoch_1.pt"]
+        logged = torch.load(client.download_artifacts(run_id, "fitted/beit_before_epoch_1.pt", str(tmp_path)))
+        assert torch.equal(logged["codebook"], state["model"]["codebook"].cpu())
+        assert torch.equal(first["model"]["codebook"], state["model"]["codebook"])
+        assert run.data.metrics["tokenizer_codes_used"] > 100
         return
     if method == "mae":
         # A ViT through Ray Train: epoch 2 trained on from epoch 1's weights (the mask token too).
@@ -333,6 +347,9 @@ def test_colour_methods_train_and_resume_on_openclipart(tmp_path, mlflow_server,
         assert [(m.step, m.value) for m in counted] == [(1, drawings)]
         assert run.data.metrics["colour_bins_used"] > 10
         assert run.data.metrics["rebalancing_weight_max"] > 1.0 > run.data.metrics["rebalancing_weight_min"]
+        assert [a.path for a in client.list_artifacts(first.mlflow_run_id, "fitted")] == [
+            "fitted/colorization_before_epoch_1.pt"
+        ]
         # A picture after each command's last epoch: the first run's and the resumed one's.
         pictures = [a.path for a in client.list_artifacts(first.mlflow_run_id, "illustrations")]
         assert pictures == [f"illustrations/colorization_epoch_{e}.png" for e in (1, 2)], pictures

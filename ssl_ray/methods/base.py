@@ -191,3 +191,13 @@ class SSLMethod(nn.Module):
     def after_step(self, outputs: dict[str, Any]) -> None:
         """Hook after each optimiser step and the targets' update, given this step's forward
         outputs (queues, centres); ``self.clock`` says which step it was. Nothing by default."""
+
+
+def vit_refusal(name: str, does: str, model: ModelConfig) -> str | None:
+    """A ViT-only method's ``model_refusal``: ``does`` says what it needs the ViT for."""
+    if model.backbone.startswith("vit"):
+        return None
+    return (
+        f"model.backbone: {name} {does}, and {model.backbone} is a ResNet "
+        f"(model.backbone=vit_tiny, as pipelines/{name}_fashion_mnist.yaml)"
+    )

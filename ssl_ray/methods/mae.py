@@ -21,7 +21,7 @@ from pydantic import Field
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from ssl_ray.methods.base import SSLMethod
+from ssl_ray.methods.base import SSLMethod, vit_refusal
 from ssl_ray.methods.params import MethodParams
 from ssl_ray.methods.registry import register_method
 from ssl_ray.nn.losses import MaskedPatchLoss
@@ -44,12 +44,7 @@ class MAE(SSLMethod):
 
     @classmethod
     def model_refusal(cls, params, model) -> str | None:
-        if not model.backbone.startswith("vit"):
-            return (
-                f"model.backbone: mae encodes the visible patches with a ViT, and {model.backbone} is a ResNet "
-                "(model.backbone=vit_tiny, as pipelines/mae_fashion_mnist.yaml)"
-            )
-        return None
+        return vit_refusal(cls.name, "encodes the visible patches with a ViT", model)
 
     def __init__(self, params, encoder, feature_dim, recipe) -> None:
         super().__init__(params, encoder, feature_dim, recipe)

@@ -304,3 +304,14 @@ class MaskedPatchLoss(nn.Module):
         per_patch = (predicted - target).square().mean(dim=-1)
         hidden = mask.to(per_patch.dtype)
         return (per_patch * hidden).sum() / hidden.sum()
+
+
+class MaskedTokenLoss(nn.Module):
+    """Bao et al. 2022, Eq. 1: the log-likelihood of the right visual token at each masked
+    position, max sum_{x in D} E_M [ sum_{i in M} log p_MIM(z_i | x^M) ]: the cross-entropy of
+    the logits (N, L, K) against the tokens (N, L), averaged over the masked positions only
+    (``mask`` (N, L), True where masked)."""
+
+    @in_fp32
+    def forward(self, logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits[mask], tokens[mask])

@@ -37,10 +37,12 @@ def transformer(encoder: nn.Sequential, tokens: torch.Tensor) -> torch.Tensor:
 
 def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
     """(N, C, h * p, w * p) -> (N, h * w, p * p * C): each patch's pixels, patches row by row
-    (the order of the ViT's tokens), a patch's pixels row by row with channels last (MAE's)."""
+    (the order of the ViT's tokens), a patch's pixels row by row with channels last (MAE's).
+    Rows and columns past the last whole patch are left out (a tokenizer fitted to images of
+    another size than the crops)."""
     n, c, height, width = images.shape
     h, w = height // patch, width // patch
-    x = images.reshape(n, c, h, patch, w, patch)
+    x = images[:, :, : h * patch, : w * patch].reshape(n, c, h, patch, w, patch)
     return x.permute(0, 2, 4, 3, 5, 1).reshape(n, h * w, patch * patch * c)
 
 

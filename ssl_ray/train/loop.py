@@ -9,7 +9,7 @@ import logging
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -111,6 +111,12 @@ class Worker:
             self.config.train.seed,
         )
         self.publish_balance()
+        if self.tracker is not None and self.method.fitted_buffers:
+            # What the fit made (BEiT's tokenizer, colourisation's weights), in the run's artifacts.
+            with tempfile.TemporaryDirectory() as directory:
+                path = f"{directory}/{self.method.name}_before_epoch_{self.epoch + 1}.pt"
+                torch.save({name: getattr(self.method, name).cpu() for name in self.method.fitted_buffers}, path)
+                self.tracker.log_artifact(path, "fitted")
         return metrics
 
     def publish_balance(self) -> None:
@@ -152,8 +158,14 @@ def _start(setup: WorkerConfig) -> Worker:
         with checkpoint.as_directory() as directory:
             state = load_state(directory)
         method.load_state_dict(state["model"])
-        if "steps_per_epoch" in state:  # an epoch came out short before: keep the plan it led to
-            plan = replace(plan, steps_per_epoch=state["steps_per_epoch"], total_steps=state["total_steps"])
+        if "steps_per_epoch" in state:
+            # The epochs' length the run measured (an epoch that came out short re-aimed it),
+            # and a schedule that ends with this run's ``train.epochs``: a --resume with more
+            # epochs than the checkpoint's run had trains them on a schedule that ends with them
+            # (the checkpoint's own end would hold the learning rate at its final value).
+            plan = plan.with_steps_per_epoch(
+                state["steps_per_epoch"], state["step"], config.train.epochs - state["epoch"]
+            )
     memory_format = resolve_memory_format(config.train.memory_format, device)
     method = method.to(memory_format=memory_format)  # before DDP, which keeps the layout
     if config.train.compile:
