@@ -135,6 +135,13 @@ class PipelineConfig(Section):
         return METHODS[self.method.name].kept_head(self.method)
 
     @property
+    def patch_grid(self) -> tuple[int, int] | None:
+        """``model.patch_grid`` when set, else the method's (``SSLMethod.patch_grid``)."""
+        if self.model.patch_grid is not None:
+            return self.model.patch_grid
+        return METHODS[self.method.name].patch_grid(self.method)
+
+    @property
     def colour_split(self) -> str:
         """How the encoder reads colour: ``model.colour_split`` when set, else the method's."""
         if self.model.colour_split is not None:

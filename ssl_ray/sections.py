@@ -223,6 +223,11 @@ class ModelConfig(Section):
     # the L channel alone (colourisation's). None: what the method declares (CMC: lab;
     # colorization: luminance; every other method: none). Fine-tuning runs carry it here.
     colour_split: Literal["none", "lab", "luminance"] | None = None
+    # (patch, stride) in pixels: the encoder cuts the image into that grid of overlapping
+    # patches, encodes each on its own and averages their features (CPC v2's encoder). None:
+    # what the method declares (CPC v2: its patches; every other method: the whole image).
+    # Fine-tuning runs carry it here.
+    patch_grid: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = None
 
 
 class OptimConfig(Section):

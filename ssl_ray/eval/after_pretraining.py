@@ -19,7 +19,9 @@ def register_encoder(run: TrainedRun) -> None:
     registered (``tracking.registered_model``)."""
     config = run.config
     channels, size = config.data.channels, config.augment.image_size
-    encoder, _ = build_encoder(config.model, channels, size, config.encoder_head, config.colour_split)
+    encoder, _ = build_encoder(
+        config.model, channels, size, config.encoder_head, config.colour_split, config.patch_grid
+    )
     encoder.load_state_dict(run.weights)
     example = np.random.default_rng(0).integers(0, 256, (2, channels, size, size), dtype=np.uint8)
     name = config.tracking.registered_model or f"{config.run_prefix}-encoder"

@@ -63,6 +63,8 @@ def finetune_config(
     # projector's first layer): the supervised method's own declaration is none.
     raw["model"]["encoder_head"] = list(pretraining.encoder_head)
     raw["model"]["colour_split"] = pretraining.colour_split  # CMC's L/ab encoder stays one
+    patch_grid = pretraining.patch_grid  # CPC v2's patch encoder too
+    raw["model"]["patch_grid"] = list(patch_grid) if patch_grid else None
     raw["data"].update(label_fraction=None if fraction >= 1.0 else fraction, label_seed=seed, train_subset=train_size)
     # Fine-tuning views: crop and flip, no colour (SimCLR's fine-tuning recipe), and no local
     # crops whatever the pretraining used (the classifier trains on one global view).

@@ -39,6 +39,7 @@ class EncoderSpec:
     image_size: int = 28  # what a ViT's position embeddings are sized for
     head: tuple[int, ...] = ()  # head layers the encoder keeps (``PipelineConfig.encoder_head``)
     colour_split: str = "none"  # ``PipelineConfig.colour_split``
+    patch_grid: tuple[int, int] | None = None  # ``PipelineConfig.patch_grid``
 
     @classmethod
     def of(cls, kind: str, config: PipelineConfig, state: dict[str, torch.Tensor] | None = None) -> EncoderSpec:
@@ -53,13 +54,16 @@ class EncoderSpec:
             image_size=config.augment.image_size,
             head=config.encoder_head,
             colour_split=config.colour_split,
+            patch_grid=config.patch_grid,
         )
 
     def build(self) -> nn.Module:
         if self.kind == "pixels":
             return pixels_as_features()
         torch.manual_seed(self.seed)
-        encoder, _ = build_encoder(self.model, self.channels, self.image_size, self.head, self.colour_split)
+        encoder, _ = build_encoder(
+            self.model, self.channels, self.image_size, self.head, self.colour_split, self.patch_grid
+        )
         if self.kind == "weights":
             encoder.load_state_dict(self.state)
         return encoder

@@ -96,6 +96,13 @@ class SSLMethod(nn.Module):
         return ()
 
     @classmethod
+    def patch_grid(cls, params: MethodParams) -> tuple[int, int] | None:
+        """``(patch, stride)`` when its encoder reads an image as a grid of patches, each encoded
+        alone and their features averaged (CPC v2: what it is trained on), built by the factory;
+        None (the whole image) by default."""
+        return None
+
+    @classmethod
     def model_refusal(cls, params: MethodParams, model: ModelConfig) -> str | None:
         """Why the method cannot train this encoder (``model.*``), naming the field to change;
         None when it can. Asked when the config is parsed."""

@@ -20,6 +20,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from ssl_ray.nn.colour_split import LabSplit, LuminanceOnly
+from ssl_ray.nn.feature_maps import grid_patches
 from ssl_ray.nn.heads import hidden_layers
 
 if TYPE_CHECKING:
@@ -107,7 +108,12 @@ def build_vit(
 
 
 def build_encoder(
-    model: ModelConfig, in_channels: int, image_size: int, head: tuple[int, ...] = (), colour_split: str = "none"
+    model: ModelConfig,
+    in_channels: int,
+    image_size: int,
+    head: tuple[int, ...] = (),
+    colour_split: str = "none",
+    patch_grid: tuple[int, int] | None = None,
 ) -> tuple[nn.Module, int]:
     """The configured encoder and its feature width D (what every method and evaluation builds).
     ``head``: widths of Linear-BN-ReLU layers on the pooled features that belong to the encoder
@@ -115,7 +121,8 @@ def build_encoder(
     last in the same ``nn.Sequential``, so an encoder without them has the same weights' names.
     ``colour_split="lab"``: CMC's L and ab halves, each a backbone of half ``model.width``
     (``PipelineConfig.colour_split``); ``"luminance"``: the L channel alone, of the full width
-    (colourisation's encoder)."""
+    (colourisation's encoder). ``patch_grid=(patch, stride)``: the encoder averages its
+    features over the image's grid of patches (``PatchGridPool``, CPC v2's)."""
     if colour_split == "lab":
         half = max(1, model.width // 2)
         luminance, l_dim = build_backbone(model.backbone, 1, half, model.blocks, model.stem_stride, model.stem)
@@ -132,7 +139,25 @@ def build_encoder(
         encoder, dim = build_backbone(
             model.backbone, in_channels, model.width, model.blocks, model.stem_stride, model.stem
         )
+    if patch_grid is not None:
+        encoder = PatchGridPool(encoder, *patch_grid)
     if not head:
         return encoder, dim
     layers = [*encoder] if isinstance(encoder, nn.Sequential) else [encoder]
     return nn.Sequential(*layers, hidden_layers([dim, *head])), head[-1]
+
+
+class PatchGridPool(nn.Module):
+    """Images (N, C, H, W) -> the mean of ``encoder``'s features (N, D) over their grid of
+    ``patch`` px patches ``stride`` px apart, each encoded alone: the representation of an
+    encoder trained on patches (CPC v2, Hénaff et al. 2020, Sec. 4.2: the patch features
+    pooled over the grid), which sees in evaluation what it saw in training."""
+
+    def __init__(self, encoder: nn.Module, patch: int, stride: int) -> None:
+        super().__init__()
+        self.encoder, self.patch, self.stride = encoder, patch, stride
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        patches = grid_patches(images, self.patch, self.stride)
+        features = self.encoder(patches.flatten(0, 1))
+        return features.view(*patches.shape[:2], -1).mean(dim=1)

@@ -1,5 +1,6 @@
-"""A ResNet encoder's feature maps before pooling: what dense heads read (colourisation's
-per-pixel colour distribution; pixel-level methods and dense evaluation after it)."""
+"""What an encoder reads and makes below its pooled features: a ResNet's feature maps before
+pooling (what dense heads read: colourisation's per-pixel colour distribution; pixel-level
+methods and dense evaluation after it), and the grid of patches a patch encoder reads."""
 
 from __future__ import annotations
 
@@ -27,3 +28,11 @@ def stage_widths(encoder: nn.Sequential) -> list[int]:
         norms = [m for m in stage.modules() if isinstance(m, nn.BatchNorm2d)]
         widths.append(norms[-1].num_features)
     return widths
+
+
+def grid_patches(images: torch.Tensor, patch: int, stride: int) -> torch.Tensor:
+    """(N, C, H, W) -> (N, g_h * g_w, C, patch, patch): the overlapping ``patch`` px squares
+    ``stride`` px apart, row by row (CPC's patch grid)."""
+    n, c = images.shape[:2]
+    grid = images.unfold(2, patch, stride).unfold(3, patch, stride)  # (N, C, g_h, g_w, p, p)
+    return grid.permute(0, 2, 3, 1, 4, 5).reshape(n, -1, c, patch, patch)

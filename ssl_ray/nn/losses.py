@@ -315,3 +315,28 @@ class MaskedTokenLoss(nn.Module):
     @in_fp32
     def forward(self, logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits[mask], tokens[mask])
+
+
+class ContrastivePredictionLoss(nn.Module):
+    """CPC's InfoNCE (van den Oord et al. 2018, Eq. 4; Hénaff et al. 2020, Eq. 1-2): each
+    prediction z^ (M, D) must score its own target z_+ above every other target of the batch
+    (T, D: all patches of all images, other positions of its own image included),
+    L = -log exp(s(z^, z_+)) / sum_z exp(s(z^, z)); ``positive`` (M,) indexes z_+.
+
+    The papers' score is the dot product. With ``temperature`` it is the cosine divided by it,
+    as in the later contrastive losses (SimCLR's NT-Xent): raw dot products of unnormalised
+    patch vectors grew without bound under SGD at the pipelines' learning rates (the loss went
+    from 38 to 260,000 in 3 steps); None keeps the dot product."""
+
+    def __init__(self, temperature: float | None = 0.1) -> None:
+        super().__init__()
+        if temperature is not None:
+            _check_temperature(temperature)
+        self.temperature = temperature
+
+    @in_fp32
+    def forward(self, predictions: torch.Tensor, targets: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+        if self.temperature is None:
+            return F.cross_entropy(predictions @ targets.T, positive)
+        scores = F.normalize(predictions, dim=1) @ F.normalize(targets, dim=1).T
+        return F.cross_entropy(scores / self.temperature, positive)

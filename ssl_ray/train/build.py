@@ -12,6 +12,11 @@ from ssl_ray.nn.backbones import build_encoder
 
 def build_method(config: PipelineConfig) -> SSLMethod:
     encoder, feature_dim = build_encoder(
-        config.model, config.data.channels, config.augment.image_size, config.encoder_head, config.colour_split
+        config.model,
+        config.data.channels,
+        config.augment.image_size,
+        config.encoder_head,
+        config.colour_split,
+        config.patch_grid,
     )
     return method_class(config.method.name)(config.method, encoder, feature_dim, config.batch_recipe)

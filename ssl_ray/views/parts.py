@@ -20,6 +20,7 @@ from typing import ClassVar
 
 import torch
 
+from ssl_ray.nn.feature_maps import grid_patches
 from ssl_ray.sections import AugmentConfig
 
 # Every source's rows carry their place in the training selection, 0..n-1, the same in every
@@ -192,3 +193,36 @@ def _tiles_fit(augment: AugmentConfig, grid: int, tile_fraction: float) -> str |
             f"{tile_fraction:.2f} of a cell), below {MIN_TILE}; use at least {need}"
         )
     return None
+
+
+class PatchGrid(RecipePart):
+    """``patches`` (N, g*g, C, p, p): view 0 cut into a g x g grid of overlapping ``patch`` px
+    squares ``stride`` px apart, row by row, each flipped left-right on its own with
+    probability ``flip_p`` (and, as an image column, colour-augmented on its own): CPC v2's
+    patches and its per-patch augmentation (Hénaff et al. 2020, Sec. 4.1 and appendix A.2:
+    64 px patches 32 px apart in a 240 px crop, augmented independently)."""
+
+    columns = ("patches",)
+    image_columns = ("patches",)
+
+    def __init__(self, patch: int, stride: int, flip_p: float = 0.5) -> None:
+        self.patch, self.stride, self.flip_p = patch, stride, flip_p
+
+    def side(self, image_size: int) -> int:
+        return (image_size - self.patch) // self.stride + 1
+
+    def make(self, crops: list[torch.Tensor], boxes: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        patches = grid_patches(crops[0], self.patch, self.stride)
+        flip = torch.rand(patches.shape[:2]) < self.flip_p
+        return {"patches": torch.where(flip[..., None, None, None], patches.flip(-1), patches).contiguous()}
+
+    def refusal(self, augment: AugmentConfig, channels: int) -> str | None:
+        if self.patch < MIN_TILE or self.side(augment.image_size) < 3:
+            return (
+                f"method.patch_size: {self.patch} px patches {self.stride} px apart need at least {MIN_TILE} px "
+                f"patches and a grid of 3 rows in the {augment.image_size} px views (augment.image_size)"
+            )
+        return None
+
+    def __repr__(self) -> str:
+        return f"PatchGrid(patch={self.patch}, stride={self.stride}, flip_p={self.flip_p})"
