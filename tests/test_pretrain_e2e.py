@@ -103,7 +103,7 @@ def test_pretrain_checkpoint_and_mlflow(simclr_pretrained, mlflow_server):
 
 
 # The runs that also resume: their momentum targets and buffers must come back.
-RESUMED = ("moco_v2", "dino", "pirl", "deepcluster", "mae", "beit")
+RESUMED = ("moco_v2", "dino", "pirl", "deepcluster", "mae", "beit", "cpc_v2")
 
 
 def _slow_if_covered(method: str):

@@ -414,6 +414,9 @@ def _fitted_line(epoch: int, fitted: dict[str, float]) -> str:
     for key, what in (("nmi_labels", "NMI with the labels"), ("nmi_previous", "NMI with the last fit")):
         if key in fitted:
             said.append(f"{what} {fitted[key]:.3f}")
+    for key, what in (("colour_bins_used", "ab bins their colours fill"), ("tokenizer_codes_used", "codes in use")):
+        if key in fitted:
+            said.append(f"{int(fitted[key])} {what}")
     return f"epoch {epoch + 1}: new targets for " + ", ".join(said)
 
 
