@@ -32,7 +32,7 @@ def structured_images(n: int, seed: int, channels: int = 1) -> np.ndarray:
     return images
 
 
-def fit_targets(method: SSLMethod, n: int = 64, seed: int = 0) -> dict:
+def fit_targets(method: SSLMethod, n: int = 64, seed: int = 0, channels: int | None = None) -> dict:
     """For a method that fits targets (``fits_targets``): fit them as the loop does before the
     first epoch, to ``n`` structured random images numbered 0..n-1 (``batch_for``'s rows are the
     first of them); nothing otherwise."""
@@ -40,7 +40,8 @@ def fit_targets(method: SSLMethod, n: int = 64, seed: int = 0) -> dict:
         return {}
     from ssl_ray.train.refit import refit_targets
 
-    channels = 3 if method.colour_split != "none" else 1
+    if channels is None:
+        channels = 3 if method.colour_split != "none" else 1
     batch = {
         "image": torch.from_numpy(structured_images(n, seed, channels)),
         "label": torch.arange(n) % 4,

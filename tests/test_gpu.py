@@ -4,6 +4,8 @@ Skipped without a GPU (CI has none); run on a GPU machine with ``pytest tests/te
 
 import pytest
 import torch
+from steps import fit_targets, structured_images
+from test_methods import SMALL_RESNET, model_for
 
 from ssl_ray.config import config_from_dict, method_fields
 from ssl_ray.methods import METHODS
@@ -17,19 +19,56 @@ from ssl_ray.views.recipe import Batch
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-GPU_SIZES = {"projection_hidden_dim": 256, "projection_dim": 64, "queue_size": 512, "num_classes": 4}
+GPU_SIZES = {
+    "projection_hidden_dim": 256,
+    "projection_dim": 64,
+    "queue_size": 512,
+    "num_classes": 4,
+    # The per-image memories and the fits before training (DeepCluster, PIRL, BEiT) sized to
+    # the 64 images fit_targets numbers 0..63, which the batches are.
+    "num_samples": 64,
+    "num_clusters": 8,
+    "negatives": 64,
+    "vocabulary_size": 64,
+}
+
+
+# The views each kind of method takes (test_methods' choices at GPU sizes): the one-view
+# pretext tasks at 48 px, for tiles and patch grids a small encoder can read.
+GPU_AUGMENT = {
+    "two": {"image_size": 32},
+    "multi": {"image_size": 32, "local_crops": 2, "local_image_size": 16},
+    "one": {"image_size": 48, "global_crops": 1},
+}
 
 
 def gpu_config(name, tmp_path, **method):
     fields = method_fields(name)
+    model = {**model_for(name), "width": 32} if model_for(name) is SMALL_RESNET else model_for(name)
     return config_from_dict(
         {
             "method": {"name": name, **{k: v for k, v in GPU_SIZES.items() if k in fields}, **method},
             "data": {"path": str(tmp_path), "channels": 3},
-            "augment": {"image_size": 32},
-            "model": {"width": 32, "blocks": [1, 1, 1, 1]},
+            "augment": GPU_AUGMENT[METHODS[name].crops.kind],
+            "model": model,
         }
     )
+
+
+def recipe_batches(method, count=4, n=64) -> list[Batch]:
+    """Batches as the loop hands ``method`` its own recipe's views and parts (made on the CPU,
+    as Ray Data makes them), on the GPU in channels_last."""
+    batches = []
+    for seed in range(count):
+        made = method.recipe.batch_of(structured_images(n, seed, 3), channels=3, seed=seed, labels=torch.arange(n) % 4)
+        batches.append(
+            Batch(
+                [v.to("cuda").contiguous(memory_format=torch.channels_last) for v in made.views],
+                made.labels.to("cuda"),
+                {name: value.to("cuda") for name, value in made.parts.items()},
+            )
+        )
+    return batches
 
 
 def structured_views(generator, n=128):
@@ -57,13 +96,14 @@ def test_method_trains_in_bf16_on_the_gpu(name, tmp_path):
     assert resolve_precision("auto", device) == "bf16"
     torch.manual_seed(0)
     config = gpu_config(name, tmp_path, **HELD_TARGETS.get(name, {}))
-    method = build_method(config).to(device, memory_format=torch.channels_last)
+    method = build_method(config)
+    fit_targets(method, channels=3)  # DeepCluster's clusters, colorization's weights, BEiT's tokenizer (on CPU)
+    method = method.to(device, memory_format=torch.channels_last)
     # The loop's optimiser (fused SGD on CUDA) and its frozen-first-epoch rule over an epoch
     # boundary at step 4: parameters whose gradients start late must not break the fused step.
     optimizer = build_optimizer(config.optim, method, 0.05, fused=True)
     assert optimizer.defaults["fused"] is True
-    generator = torch.Generator(device="cuda").manual_seed(0)
-    batches = [structured_views(generator) for _ in range(4)]
+    batches = recipe_batches(method)
     losses = []
     for step in range(24):
         clock = TrainingClock(step, 24, steps_per_epoch=4)

@@ -110,10 +110,15 @@ class BEiT(SSLMethod):
         return self.params.tokenizer_images
 
     def target_features(self, images: torch.Tensor) -> torch.Tensor:
-        return patchify(_pixels(images), self.patch).flatten(1)  # (N, L * P)
+        return patchify(_pixels(images), self.patch)  # (N, L, P)
 
     def fit_targets(self, features: torch.Tensor, seed: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        patches = features.view(-1, self.codebook.shape[1])
+        if features.shape[-1] != self.codebook.shape[1]:
+            raise ValueError(
+                f"the tokenizer's patches have {features.shape[-1]} values and its codes {self.codebook.shape[1]}: "
+                "the training images' channels are not the encoder's (data.channels)"
+            )
+        patches = features.flatten(0, 1)
         codebook = fit_codebook(patches, self.params.vocabulary_size, self.params.tokenizer_iterations, seed)
         self.codebook.copy_(codebook.to(self.codebook.device))
         counts = torch.bincount(tokenize(patches, codebook), minlength=len(codebook)).float()
