@@ -28,15 +28,12 @@ from torch import nn
 from ssl_ray.methods.base import SSLMethod, vit_refusal
 from ssl_ray.methods.params import MethodParams
 from ssl_ray.methods.registry import register_method
+from ssl_ray.nn.feature_maps import unit_pixels
 from ssl_ray.nn.losses import MaskedTokenLoss
 from ssl_ray.nn.masking import blockwise_masks, scaled_min_block
 from ssl_ray.nn.patch_tokenizer import fit_codebook, tokenize
 from ssl_ray.nn.vit_tokens import patch_embeddings, patchify, transformer, with_positions
 from ssl_ray.views.recipe import ONE_VIEW, Batch
-
-
-def _pixels(images: torch.Tensor) -> torch.Tensor:
-    return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
 
 
 @register_method("beit")
@@ -81,7 +78,7 @@ class BEiT(SSLMethod):
 
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Each patch's visual token (N, L) under the fitted codebook."""
-        return tokenize(patchify(_pixels(images), self.patch), self.codebook)
+        return tokenize(patchify(unit_pixels(images), self.patch), self.codebook)
 
     def encode_masked(
         self, images: torch.Tensor, mask: torch.Tensor | None = None
@@ -110,7 +107,7 @@ class BEiT(SSLMethod):
         return self.params.tokenizer_images
 
     def target_features(self, images: torch.Tensor) -> torch.Tensor:
-        return patchify(_pixels(images), self.patch)  # (N, L, P)
+        return patchify(unit_pixels(images), self.patch)  # (N, L, P)
 
     def fit_targets(self, features: torch.Tensor, seed: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
         if features.shape[-1] != self.codebook.shape[1]:

@@ -36,7 +36,7 @@ from ssl_ray.nn.colour_bins import (
     rebalancing_weights,
     soft_encode,
 )
-from ssl_ray.nn.feature_maps import stage_widths
+from ssl_ray.nn.feature_maps import stage_widths, unit_pixels
 from ssl_ray.nn.heads import HypercolumnHead
 from ssl_ray.nn.losses import RebalancedColourLoss
 from ssl_ray.views.recipe import ONE_VIEW, Batch
@@ -124,5 +124,4 @@ class Colorization(SSLMethod):
             ab = annealed_mean(logits, self.params.annealing_temperature)
             gray = colourised(images, torch.zeros_like(ab))
             predicted = colourised(images, ab)
-        truth = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-        return torch.stack([gray, predicted, truth])
+        return torch.stack([gray, predicted, unit_pixels(images)])

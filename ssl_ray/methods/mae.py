@@ -24,6 +24,7 @@ from torch import nn
 from ssl_ray.methods.base import SSLMethod, vit_refusal
 from ssl_ray.methods.params import MethodParams
 from ssl_ray.methods.registry import register_method
+from ssl_ray.nn.feature_maps import unit_pixels
 from ssl_ray.nn.losses import MaskedPatchLoss
 from ssl_ray.nn.masking import random_masks
 from ssl_ray.nn.vit_tokens import patch_embeddings, patchify, sincos_positions, transformer, with_positions
@@ -86,6 +87,5 @@ class MAE(SSLMethod):
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         images = batch.views[0]
         encoded, visible, mask, grid = self.encode_visible(images)
-        pixels = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-        loss = self.criterion(self.decode(encoded, visible, grid), patchify(pixels, self.patch), mask)
+        loss = self.criterion(self.decode(encoded, visible, grid), patchify(unit_pixels(images), self.patch), mask)
         return {"loss": loss, "embedding": encoded[:, 1:].mean(dim=1).detach()}

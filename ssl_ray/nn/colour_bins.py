@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from kornia.color import lab_to_rgb, rgb_to_lab
 
+from ssl_ray.nn.feature_maps import unit_pixels
+
 BIN_SIDE = 10.0  # the grid's spacing in ab units (Sec. 2.1)
 _GRID_HALF = 11  # centres at -110, -100, ..., 110 on each axis: |a|, |b| < 115 for sRGB
 _GRID = 2 * _GRID_HALF + 1
@@ -52,8 +54,7 @@ def ab_bins() -> torch.Tensor:
 
 def lab_of(images: torch.Tensor) -> torch.Tensor:
     """CIE Lab (N, 3, H, W), L in 0..100 and ab in Lab units, of uint8 or [0, 1] RGB images."""
-    rgb = images.float().div(255.0) if images.dtype == torch.uint8 else images.float()
-    return rgb_to_lab(rgb.clamp(0.0, 1.0))
+    return rgb_to_lab(unit_pixels(images).clamp(0.0, 1.0))
 
 
 def nearest_bin(ab: torch.Tensor) -> torch.Tensor:

@@ -8,9 +8,9 @@ the kept, evaluated and exported encoders take RGB images as every other one doe
 from __future__ import annotations
 
 import torch
-from kornia.color import rgb_to_lab
 from torch import nn
 
+from ssl_ray.nn.colour_bins import lab_of
 from ssl_ray.nn.feature_maps import stage_feature_maps
 
 # Lab's ranges for sRGB in [0, 1]: L 0..100, a and b within -128..127; mapped to [0, 1], which
@@ -21,8 +21,7 @@ _AB_LOW, _AB_SPAN = -128.0, 255.0
 
 def lab_channels(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(L, ab)``, (N, 1, H, W) and (N, 2, H, W) in [0, 1], of uint8 or [0, 1] RGB (N, 3, H, W)."""
-    rgb = images.float().div(255.0) if images.dtype == torch.uint8 else images.float()
-    lab = rgb_to_lab(rgb.clamp(0.0, 1.0))
+    lab = lab_of(images)
     return lab[:, :1] / _L_RANGE, (lab[:, 1:] - _AB_LOW) / _AB_SPAN
 
 

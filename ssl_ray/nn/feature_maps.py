@@ -8,6 +8,11 @@ import torch
 from torch import nn
 
 
+def unit_pixels(images: torch.Tensor) -> torch.Tensor:
+    """Float pixels in [0, 1] of uint8 images (0-255), or of floats already in [0, 1]."""
+    return images.float().div(255.0) if images.dtype == torch.uint8 else images.float()
+
+
 def stage_feature_maps(encoder: nn.Sequential, images: torch.Tensor) -> list[torch.Tensor]:
     """The four stages' outputs (N, C_i, H_i, W_i) of ``nn.backbones.build_backbone``'s encoder
     (``ImageInput`` then a torchvision ResNet), the same weights its pooled features come from."""
