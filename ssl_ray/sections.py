@@ -278,6 +278,10 @@ class TrainConfig(Section):
     log_every_steps: int = Field(default=10, gt=0)
     # Stop after this many optimiser steps per epoch (None = the whole epoch); for smoke tests.
     max_steps_per_epoch: int | None = Field(default=None, gt=0)
+    # What a method fits once before epoch 1 (BEiT's tokenizer, colorization's rebalancing
+    # weights), taken from an earlier run instead of fitted again: that run's MLflow id (its
+    # ``fitted/<method>_before_epoch_1.pt``) or such a file. Sweep trials then share one fit.
+    fitted_from: str | None = None
 
     @field_validator("run_name")
     @classmethod

@@ -240,6 +240,28 @@ def test_every_method_trains_through_ray_train(
         assert torch.equal(logged["codebook"], state["model"]["codebook"].cpu())
         assert torch.equal(first["model"]["codebook"], state["model"]["codebook"])
         assert run.data.metrics["tokenizer_codes_used"] > 100
+        # A new run given this one's tokenizer (train.fitted_from) fits none of its own: it
+        # trains on, and logs, the same codebook.
+        capsys.readouterr()
+        given = pretrain(
+            tmp_path,
+            mlflow_server,
+            method,
+            "train.epochs=1",
+            "train.run_name=e2e-beit-given",
+            f"train.fitted_from={run_id}",
+        )
+        assert f"epoch 1: new targets from {run_id} (train.fitted_from), " in capsys.readouterr().out
+        assert given.mlflow_run_id != run_id
+        assert client.get_metric_history(given.mlflow_run_id, "targets_fitted_images") == []
+        adopted = client.download_artifacts(given.mlflow_run_id, "fitted/beit_before_epoch_1.pt", str(tmp_path))
+        assert torch.equal(torch.load(adopted)["codebook"], logged["codebook"])
+        given_run = client.get_run(given.mlflow_run_id)
+        assert given_run.data.params["train.fitted_from"] == run_id
+        assert (
+            given_run.data.metrics["tokenizer_codes_used"]
+            == client.get_metric_history(run_id, "tokenizer_codes_used")[0].value
+        )
         return
     if method == "mae":
         # A ViT through Ray Train: epoch 2 trained on from epoch 1's weights (the mask token too).

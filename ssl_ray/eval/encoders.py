@@ -10,7 +10,6 @@ config that built them:
 
 from __future__ import annotations
 
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +23,8 @@ from mlflow.tracking import MlflowClient
 from ssl_ray.config import ConfigError, PipelineConfig, StorageConfig, apply_overrides, config_from_dict, load_raw
 from ssl_ray.data.errors import DataSourceError
 from ssl_ray.data.objectstore import describe_failure, filesystem_for
-from ssl_ray.tracking.mlflow_run import mlflow_tracking_uri
+from ssl_ray.tracking.mlflow_run import RUN_ID, mlflow_tracking_uri
 from ssl_ray.train.checkpoint import DIGEST_FILE, STATE_FILE, encoder_state, load_state
-
-RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class SourceError(ValueError):

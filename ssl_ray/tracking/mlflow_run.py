@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +23,7 @@ if TYPE_CHECKING:  # the config's module imports every method; Ray Train's contr
 RUN_NAME_TAG = "ssl_ray.run_name"
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
 DEFAULT_DB = "mlflow.db"
+RUN_ID = re.compile(r"[0-9a-f]{32}")  # how MLflow names a run
 
 
 def resolve_tracking_uri(configured: str | None) -> str:

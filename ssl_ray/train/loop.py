@@ -27,6 +27,8 @@ from ssl_ray.monitors.knn import knn_top1
 from ssl_ray.nn.distributed import all_reduce_mean, all_reduce_no_grad, rank_zero_says
 from ssl_ray.nn.precision import resolve_memory_format, resolve_precision
 from ssl_ray.nn.schedules import warmup_cosine
+from ssl_ray.tracking.fitted import ARTIFACTS as FITTED_ARTIFACTS
+from ssl_ray.tracking.fitted import fitted_file
 from ssl_ray.tracking.mlflow_run import RunTracker
 from ssl_ray.tracking.pictures import save_image_rows
 from ssl_ray.train.build import build_method
@@ -34,7 +36,7 @@ from ssl_ray.train.checkpoint import load_state, save_state
 from ssl_ray.train.guard import NonFiniteGuard, non_finite_tensors
 from ssl_ray.train.optim import build_optimizer
 from ssl_ray.train.plan import TrainingPlan
-from ssl_ray.train.refit import refit_targets
+from ssl_ray.train.refit import adopt_fitted, refit_targets
 from ssl_ray.train.step import training_step
 from ssl_ray.train.worker_config import WorkerConfig
 from ssl_ray.views.transforms import DeviceViews
@@ -100,23 +102,26 @@ class Worker:
     def fit_targets(self) -> dict[str, float]:
         """New targets before epoch ``epoch + 1`` (rank 0's metrics), and the data pipeline's
         draws made uniform over their classes."""
-        metrics = refit_targets(
-            self.method,
-            self.optimizer,
-            lambda: _eval_batches(TRAINING_IMAGES),
-            self.setup.train_size,
-            self.epoch,
-            self.device,
-            self.precision,
-            self.config.train.seed,
-        )
+        if self.setup.fitted_state is not None:
+            metrics = adopt_fitted(self.method, self.setup.fitted_state, self.epoch)
+        else:
+            metrics = refit_targets(
+                self.method,
+                self.optimizer,
+                lambda: _eval_batches(TRAINING_IMAGES),
+                self.setup.train_size,
+                self.epoch,
+                self.device,
+                self.precision,
+                self.config.train.seed,
+            )
         self.publish_balance()
         if self.tracker is not None and self.method.fitted_buffers:
             # What the fit made (BEiT's tokenizer, colourisation's weights), in the run's artifacts.
             with tempfile.TemporaryDirectory() as directory:
-                path = f"{directory}/{self.method.name}_before_epoch_{self.epoch + 1}.pt"
+                path = f"{directory}/{fitted_file(self.method.name, self.epoch + 1)}"
                 torch.save({name: getattr(self.method, name).cpu() for name in self.method.fitted_buffers}, path)
-                self.tracker.log_artifact(path, "fitted")
+                self.tracker.log_artifact(path, FITTED_ARTIFACTS)
         return metrics
 
     def publish_balance(self) -> None:
@@ -351,7 +356,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if w.method.targets_due(w.epoch):
             fitted = w.fit_targets()
             if w.rank == 0:
-                _say(w, _fitted_line(w.epoch, fitted))
+                source = w.config.train.fitted_from if w.setup.fitted_state is not None else None
+                _say(w, _fitted_line(w.epoch, fitted, source))
         metrics = _train_epoch(w, shard)
         if STOPPED_BY_SWEEP in metrics or _stopped_by_sweep(w, wait=True):
             _say(w, f"epoch {w.epoch}: stopped by the sweep's scheduler")
@@ -409,15 +415,18 @@ def _illustrate(w: Worker) -> None:
     )
 
 
-def _fitted_line(epoch: int, fitted: dict[str, float]) -> str:
-    said = [f"{int(fitted['targets_fitted_images'])} images"]
+def _fitted_line(epoch: int, fitted: dict[str, float], source: str | None = None) -> str:
+    if source is not None:  # train.fitted_from: nothing fitted here
+        said = [f"from {source} (train.fitted_from)"]
+    else:
+        said = [f"for {int(fitted['targets_fitted_images'])} images"]
     for key, what in (("nmi_labels", "NMI with the labels"), ("nmi_previous", "NMI with the last fit")):
         if key in fitted:
             said.append(f"{what} {fitted[key]:.3f}")
     for key, what in (("colour_bins_used", "ab bins their colours fill"), ("tokenizer_codes_used", "codes in use")):
         if key in fitted:
             said.append(f"{int(fitted[key])} {what}")
-    return f"epoch {epoch + 1}: new targets for " + ", ".join(said)
+    return f"epoch {epoch + 1}: new targets " + ", ".join(said)
 
 
 def _fit_plan_to_the_epoch(w: Worker, steps: int) -> None:

@@ -103,3 +103,13 @@ def refit_targets(
             for parameter in method.get_submodule(name).parameters():
                 optimizer.state.pop(parameter, None)
     return {**metrics, "targets_fitted_images": float(len(table) or fitted_on)}
+
+
+def adopt_fitted(method: SSLMethod, state: dict[str, torch.Tensor], epoch: int) -> dict[str, float]:
+    """An earlier run's fit (``train.fitted_from``: BEiT's tokenizer, colorization's weights)
+    in place of this run's, the same on every rank (each is handed the same tensors); returns
+    the method's metrics about it, as a fit of its own would."""
+    for name, value in state.items():
+        getattr(method, name).copy_(value)
+    nothing = torch.empty(0, dtype=torch.long)
+    return method.adopt_targets(epoch, nothing, nothing, nothing)

@@ -25,8 +25,10 @@ from ssl_ray.methods import METHODS
 from ssl_ray.methods.params import Labelled, PerSample
 from ssl_ray.monitors.knn import k_for_bank
 from ssl_ray.tracking.epoch_log import EpochMetricsLogger
+from ssl_ray.tracking.fitted import FittedSourceError, load_fitted
 from ssl_ray.tracking.mlflow_run import RunTracker, resolve_tracking_uri
 from ssl_ray.tracking.plots import plot_curves
+from ssl_ray.train.build import build_method
 from ssl_ray.train.checkpoint import encoder_state, load_state
 from ssl_ray.train.guard import NonFiniteLossError
 from ssl_ray.train.loop import STOPPED_NO_BATCH, STOPPED_NONFINITE, TRAINING_IMAGES, train_loop_per_worker
@@ -159,6 +161,7 @@ class _Run:
     data: PretrainData | None = None
     knn_k: int | None = None
     board: object | None = None  # the ProgressBoard actor the workers post their progress to
+    fitted: dict[str, torch.Tensor] | None = None  # train.fitted_from's tensors
 
 
 def run_pretraining(
@@ -177,6 +180,8 @@ def run_pretraining(
     command line's end-of-run probe and model registration)."""
     _check_given_state(config, init_state, resume)
     run = _locate(config, resume)  # storage, data locations and a resumed run checked before Ray starts
+    if not resume:  # a checkpoint holds its run's fit
+        run.fitted = read_fitted_from(config, run.tracking_uri)
     _start_ray(config)
     _prepare_data(run)
     _open_tracking(run, parent_run_id=trial.parent_run_id if trial else parent_run_id, trial=trial)
@@ -207,6 +212,33 @@ def _check_given_state(config: PipelineConfig, init_state: dict | None, resume: 
     missing = [part for part in method.given_state if part not in given]
     if missing and not resume:
         raise ConfigError(f"method.name: {config.method.name} {method.given_state_why}")
+
+
+def read_fitted_from(config: PipelineConfig, tracking_uri: str) -> dict[str, torch.Tensor] | None:
+    """``train.fitted_from``'s tensors, checked against what the configured method fits (the
+    names and shapes of its ``fitted_buffers``) before Ray starts."""
+    source, name = config.train.fitted_from, config.method.name
+    if source is None:
+        return None
+    wanted = METHODS[name].fitted_buffers
+    if not wanted:
+        raise ConfigError(
+            f"train.fitted_from: method {name} fits nothing once before training that a run could give it"
+        )
+    try:
+        given = load_fitted(source, name, tracking_uri)
+    except FittedSourceError as error:
+        raise ConfigError(f"train.fitted_from: {error}") from None
+    here = dict(build_method(config).named_buffers())
+    for buffer in wanted:
+        if buffer not in given:
+            raise ConfigError(f"train.fitted_from: {source} holds no {buffer} (it holds {', '.join(sorted(given))})")
+        if given[buffer].shape != here[buffer].shape:
+            raise ConfigError(
+                f"train.fitted_from: {buffer} is {tuple(given[buffer].shape)} in {source} and "
+                f"{tuple(here[buffer].shape)} here (this pipeline's method or model settings are not that run's)"
+            )
+    return {buffer: given[buffer].to(here[buffer].dtype) for buffer in wanted}
 
 
 def _locate(config: PipelineConfig, resume: bool | str) -> _Run:
@@ -295,6 +327,7 @@ def _trainer(run: _Run, init_state: dict[str, torch.Tensor] | None, trial: Sweep
         augment_on_device=run.augment_on_device,
         listing_skips=data.listing_skips,
         init_state=init_state,
+        fitted_state=run.fitted,
         skip_counter=run.skips,
         progress_board=run.board,
         epoch_gate=trial.epoch_gate if trial else None,

@@ -26,6 +26,9 @@ class WorkerConfig:
     # Where a fresh run starts, as names of the method's state (fine-tuning's pretrained
     # ``backbone.*``; a distillation's student and ``teacher.*``); a checkpoint overrides it.
     init_state: dict[str, torch.Tensor] | None = None
+    # ``train.fitted_from``'s tensors, by the method's ``fitted_buffers``: adopted in place of
+    # the fit a fresh run makes before epoch 1 (a checkpoint holds its own).
+    fitted_state: dict[str, torch.Tensor] | None = None
     # Actor handles: decode skips, the driver's console, a sweep's verdicts, the training
     # images' sampling weights (``data.balance.ClassBalance``, for a method that fits targets).
     skip_counter: Any = None

@@ -364,11 +364,13 @@ def _open_sweep(base: PipelineConfig, space: SearchSpace, options: SweepOptions,
     from ssl_ray.data.sources import check_data_locations
     from ssl_ray.tracking.mlflow_run import RunTracker, resolve_tracking_uri
     from ssl_ray.train.storage import RunStorage, fresh_run_name, latest_run_name
+    from ssl_ray.train.trainer import read_fitted_from
 
     tracking_uri = resolve_tracking_uri(base.tracking.tracking_uri)
     runs = RunStorage.resolve(base.train.storage_path, base.storage)
     runs.check(base.storage)
     check_data_locations(base)
+    read_fitted_from(base, tracking_uri)  # a bad train.fitted_from is said once, not by every trial
     prefix = f"{base.run_prefix}-sweep"
     if resume:
         name = resume if isinstance(resume, str) else latest_run_name(runs.url, prefix, base.storage)
