@@ -112,6 +112,22 @@ def _prepare(args: argparse.Namespace) -> int:
     if args.test_share is not None and not 0.0 < args.test_share < 1.0:
         print(f"ssl-ray: --test-share {args.test_share}: a share strictly between 0 and 1", file=sys.stderr)
         return 2
+    if args.scenes and args.source == "images":
+        print("ssl-ray: --scenes: of --source openclipart or fashion_mnist", file=sys.stderr)
+        return 2
+    scene_only = {"--scene-size": args.scene_size, "--scene-objects": args.scene_objects}
+    if not args.scenes and any(value is not None for value in scene_only.values()):
+        given = [flag for flag, value in scene_only.items() if value is not None]
+        print(f"ssl-ray: {', '.join(given)}: with --scenes only", file=sys.stderr)
+        return 2
+    for flag, value, least in (
+        ("--scenes", args.scenes, 1),
+        ("--scene-size", args.scene_size, 16),
+        ("--scene-objects", args.scene_objects, 1),
+    ):
+        if value is not None and value < least:
+            print(f"ssl-ray: {flag} {value}: at least {least}", file=sys.stderr)
+            return 2
     if args.size is not None and args.size < 8:
         print(f"ssl-ray: --size {args.size}: at least 8 px", file=sys.stderr)
         return 2
@@ -123,6 +139,9 @@ def _prepare(args: argparse.Namespace) -> int:
         seed=args.seed,
         size=args.size or defaults.size,
         test_share=args.test_share or defaults.test_share,
+        scenes=args.scenes or 0,
+        scene_size=args.scene_size,
+        scene_objects=args.scene_objects or defaults.scene_objects,
         storage=storage,
     )
     try:
@@ -131,12 +150,13 @@ def _prepare(args: argparse.Namespace) -> int:
         print(f"ssl-ray: {error}", file=sys.stderr)
         return 2
     dst = args.dst.rstrip("/")
-    written = manifest.items() if args.source == "openclipart" else [("", manifest)]
+    written = manifest.items() if args.source == "openclipart" or args.scenes else [("", manifest)]
     for side, one in written:
         where = f"{dst}/{side}" if side else dst
         skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(one["skipped"].items())) or "none"
         print(
-            f"{one['images']} images in {one['shards']} shards ({one['bytes'] / 2**20:.1f} MiB) "
+            f"{one['images']} {'scenes with masks' if args.scenes else 'images'} in {one['shards']} shards "
+            f"({one['bytes'] / 2**20:.1f} MiB) "
             f"at {where}; {len(one['classes'])} classes; skipped: {skipped}; manifest: {where}/manifest.json"
         )
     if args.source == "openclipart":
@@ -323,6 +343,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--size", type=int, help="openclipart: side of the white squares the drawings are fitted on (64)"
     )
     shards.add_argument("--test-share", type=float, help="openclipart: each category's share in the test set (0.2)")
+    shards.add_argument(
+        "--scenes",
+        type=int,
+        help="openclipart or fashion_mnist: N scenes to train on (and the test share's worth to test on) of 1 to "
+        "--scene-objects objects each with their per-pixel class masks, as DST/train and DST/test",
+    )
+    shards.add_argument("--scene-size", type=int, help="the scenes' side in px (96 openclipart, 56 fashion_mnist)")
+    shards.add_argument("--scene-objects", type=int, help="the most objects in a scene (3)")
     shards.add_argument("--shard-mb", type=float, default=64.0, help="target shard size in MiB (default 64)")
     shards.add_argument("--seed", type=int, default=0, help="seed of the random order images are written in")
     shards.add_argument(

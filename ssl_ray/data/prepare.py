@@ -1,5 +1,6 @@
 """``ssl-ray prepare``: a folder or bucket of images (or Fashion-MNIST, or OpenClipart's
-drawings as a train and a test set) -> Parquet shards.
+drawings as a train and a test set, or scenes of either with per-pixel class masks for dense
+evaluation, ``--scenes``) -> Parquet shards.
 
 Pretraining from a few hundred shards beats pretraining from millions of loose files: one
 request per shard instead of one per image, and no per-object latency in the read path
@@ -24,7 +25,7 @@ import ray.data
 from PIL import Image
 
 from ssl_ray.console import start_ray
-from ssl_ray.data import fashion_mnist, openclipart
+from ssl_ray.data import fashion_mnist, openclipart, scenes
 from ssl_ray.data.decode import UNREADABLE
 from ssl_ray.data.errors import DataSourceError
 from ssl_ray.data.files import (
@@ -55,6 +56,12 @@ class PrepareOptions:
     seed: int = 0  # the order images are written in (and openclipart's split)
     size: int = openclipart.DEFAULT_SIZE  # openclipart only: the side of its squares
     test_share: float = openclipart.DEFAULT_TEST_SHARE  # openclipart only
+    # Scenes with masks (``data.scenes``) rather than single images: this many to train on
+    # (the test set gets its test share's worth), of ``scene_size`` px, 1 to ``scene_objects``
+    # objects each; 0: no scenes.
+    scenes: int = 0
+    scene_size: int | None = None  # default: 96 for openclipart, 56 for fashion_mnist
+    scene_objects: int = 3
     storage: StorageConfig = StorageConfig()
 
 
@@ -188,6 +195,8 @@ def prepare(src: str, dst: str, options: PrepareOptions) -> dict:
     started = time.time()
     if not ray.is_initialized():
         start_ray()
+    if options.scenes:
+        return _prepare_scenes(src, dst, options, started)
     if options.source == "openclipart":
         return _prepare_openclipart(src, dst, options, started)
     _refuse_a_used_destination(dst, options.storage)
@@ -207,6 +216,43 @@ def _prepare_openclipart(src: str, dst: str, options: PrepareOptions, started: f
     dst = dst.rstrip("/")
     for side in ("train", "test"):
         _refuse_a_used_destination(f"{dst}/{side}", options.storage)
+    filesystem, paths, kept, kept_labels, sides, split = _openclipart_split(src, options)
+    manifests = {}
+    for side, members in sides.items():
+        counter = SkipCounter.remote()
+        # A seeded order, so that every shard holds drawings of every category.
+        order = np.random.default_rng(options.seed).permutation(members)
+        rows = [{"path": paths[i], "label": int(kept_labels[i])} for i in order]
+        fitted = path_blocks(rows, FILES_PER_TASK).map_batches(
+            _fetch_and_fit,
+            fn_kwargs={"filesystem": filesystem, "counter": counter, "size": options.size},
+            batch_size=None,
+            batch_format="numpy",
+        )
+        table = pa.concat_tables(ray.get(fitted.to_arrow_refs()))  # a few MiB at 64 px
+        manifests[side] = _write_side(table, src, f"{dst}/{side}", options, counter, kept, started)
+        manifests[side]["split"] = {"side": side, **split, "per_class": _per_class(table, kept)}
+        _write_manifest(f"{dst}/{side}", options, manifests[side])
+    return manifests
+
+
+def _per_class(table: pa.Table, classes) -> dict[str, int]:
+    labels = table["label"].to_numpy()
+    return dict(zip(classes, np.bincount(labels[labels >= 0], minlength=len(classes)).tolist()))
+
+
+def _write_side(table: pa.Table, src, dst: str, options: PrepareOptions, counter, classes, started) -> dict:
+    """One set's rows as shards; returns its manifest, which the caller writes once it has
+    added the split."""
+    mean_bytes = sum(table[c].nbytes for c in ("image", "mask") if c in table.column_names) / max(1, table.num_rows)
+    shards = _write_shards(ray.data.from_arrow(table), dst, options, mean_bytes)
+    return _manifest(src, options, counter, classes, shards, started)
+
+
+def _openclipart_split(src: str, options: PrepareOptions):
+    """``(filesystem, paths, kept categories, their labels, {side: indices}, the split's
+    record)`` of OpenClipart's drawings: the kept categories' drawings only, split stratified
+    and seeded."""
     _, filesystem, paths, classes, labels = _listed(src, options)
     if not classes:
         raise DataSourceError(
@@ -229,24 +275,137 @@ def _prepare_openclipart(src: str, dst: str, options: PrepareOptions, started: f
         "categories_dropped": dropped,
         "listed": {side: len(members) for side, members in sides.items()},  # before decoding
     }
-    manifests = {}
-    for side, members in sides.items():
-        counter = SkipCounter.remote()
-        # A seeded order, so that every shard holds drawings of every category.
-        order = np.random.default_rng(options.seed).permutation(members)
-        rows = [{"path": paths[chosen[i]], "label": int(kept_labels[i])} for i in order]
-        fitted = path_blocks(rows, FILES_PER_TASK).map_batches(
-            _fetch_and_fit,
-            fn_kwargs={"filesystem": filesystem, "counter": counter, "size": options.size},
-            batch_size=None,
-            batch_format="numpy",
+    return filesystem, [paths[i] for i in chosen], kept, kept_labels, sides, split
+
+
+# -- scenes with masks ----------------------------------------------------------------------
+
+SCENES_PER_TASK = 32
+
+
+def _scene_counts(options: PrepareOptions) -> dict[str, int]:
+    test = max(1, round(options.scenes * options.test_share / (1 - options.test_share)))
+    return {"train": options.scenes, "test": test}
+
+
+def _scene_table(rows: list[dict]) -> pa.Table:
+    return pa.table(
+        {
+            "image": pa.array([r["image"] for r in rows], type=pa.binary()),
+            "mask": pa.array([r["mask"] for r in rows], type=pa.binary()),
+            "label": pa.array([r["label"] for r in rows], type=pa.int64()),
+            "path": pa.array([r["path"] for r in rows], type=pa.string()),
+            "sources": pa.array([r["sources"] for r in rows], type=pa.list_(pa.string())),
+        }
+    )
+
+
+def _scene_row(side: str, index: int, image: np.ndarray, mask: np.ndarray, sources: list[str]) -> dict:
+    """A scene's row; its label is the class that covers most of it (-1: none shows)."""
+    covered = np.bincount(mask.ravel(), minlength=2)[1:]
+    label = int(np.argmax(covered)) if covered.any() else -1
+    return {
+        "image": scenes.png(image),
+        "mask": scenes.png(mask),
+        "label": label,
+        "path": f"scene-{side}-{index:06d}",
+        "sources": sources,
+    }
+
+
+def _make_openclipart_scenes(batch, filesystem, counter, size, seed, side):
+    rows, skipped = [], {}
+    for index, paths, labels, texture in zip(batch["index"], batch["paths"], batch["labels"], batch["texture"]):
+        wanted = [str(p) for p in paths] + [str(texture)]
+        cutouts = {}
+        for path, raw in zip(wanted, fetch(filesystem, wanted)):
+            result = scenes.cutout(raw, size) if raw is not None else UNREADABLE
+            if isinstance(result, str):
+                skipped.setdefault(result, []).append(path)
+            else:
+                cutouts[path] = result
+        drawings = [(*cutouts[str(p)], int(label)) for p, label in zip(paths, labels) if str(p) in cutouts]
+        surface = cutouts.get(str(texture))
+        rng = scenes.scene_rng(seed, side, int(index))
+        image, mask = scenes.openclipart_scene(
+            drawings, size, rng, None if surface is None else scenes.on_white(*surface)
         )
-        table = pa.concat_tables(ray.get(fitted.to_arrow_refs()))  # a few MiB at 64 px
-        mean_bytes = table["image"].nbytes / max(1, table.num_rows)
-        shards = _write_shards(ray.data.from_arrow(table), f"{dst}/{side}", options, mean_bytes)
-        written = np.bincount(table["label"].to_numpy(), minlength=len(kept))
-        manifest = _manifest(src, options, counter, kept, shards, started)
-        manifest["split"] = {"side": side, **split, "per_class": dict(zip(kept, written.tolist()))}
-        _write_manifest(f"{dst}/{side}", options, manifest)
-        manifests[side] = manifest
+        rows.append(_scene_row(side, int(index), image, mask, [str(p) for p in paths] + [str(texture)]))
+    count_skips(counter, len(rows), {reason: sorted(set(paths)) for reason, paths in skipped.items()})
+    return _scene_table(rows)
+
+
+def _scene_split(options: PrepareOptions, size: int, counts: dict[str, int], kept) -> dict:
+    return {
+        "seed": options.seed,
+        "scene_size": size,
+        "objects_per_scene": [1, options.scene_objects],
+        "scenes": counts,
+        "mask_classes": ["background", *kept],  # mask value v: this list's v-th name
+        "no_source_on_both_sides": True,
+    }
+
+
+def _prepare_scenes(src: str, dst: str, options: PrepareOptions, started: float) -> dict:
+    """Scenes of OpenClipart's drawings or Fashion-MNIST's items (``data.scenes``) with their
+    masks, a train and a test set whose sources never meet: OpenClipart's drawings are split
+    first (``_openclipart_split``) and each side's scenes use its own; Fashion-MNIST's
+    training scenes use its training items, the test scenes its test items."""
+    dst = dst.rstrip("/")
+    for side in ("train", "test"):
+        _refuse_a_used_destination(f"{dst}/{side}", options.storage)
+    counts = _scene_counts(options)
+    if options.source == "openclipart":
+        size = options.scene_size or 96
+        filesystem, paths, kept, kept_labels, sides, split = _openclipart_split(src, options)
+    elif options.source == "fashion_mnist":
+        size = options.scene_size or 56
+        kept, split = fashion_mnist.CLASSES, {}
+        sides = {side: fashion_mnist.load_split(src, side) for side in ("train", "test")}
+    else:
+        raise DataSourceError("--scenes: of --source openclipart or fashion_mnist")
+    split = {**split, **_scene_split(options, size, counts, kept)}
+    manifests = {}
+    for side_id, (side, members) in enumerate(sides.items()):
+        counter = SkipCounter.remote()
+        picks = np.random.default_rng([options.seed, side_id, 7])
+        per_scene = picks.integers(1, options.scene_objects + 1, counts[side])
+        if options.source == "openclipart":
+            specs = []
+            for index, k in enumerate(per_scene):
+                chosen = picks.choice(members, size=int(k) + 1, replace=False)  # the last: the texture
+                specs.append(
+                    {
+                        "index": index,
+                        "paths": [paths[i] for i in chosen[:-1]],
+                        "labels": [int(kept_labels[i]) for i in chosen[:-1]],
+                        "texture": paths[chosen[-1]],
+                    }
+                )
+            made = path_blocks(specs, SCENES_PER_TASK).map_batches(
+                _make_openclipart_scenes,
+                fn_kwargs={
+                    "filesystem": filesystem,
+                    "counter": counter,
+                    "size": size,
+                    "seed": options.seed,
+                    "side": side,
+                },
+                batch_size=None,
+                batch_format="numpy",
+            )
+            table = pa.concat_tables(ray.get(made.to_arrow_refs()))
+        else:
+            rows = []
+            for index, k in enumerate(per_scene):
+                chosen = picks.choice(len(members.labels), size=int(k), replace=False)
+                items = [(members.images[i], int(members.labels[i])) for i in chosen]
+                image, mask = scenes.fashion_mnist_scene(items, size, scenes.scene_rng(options.seed, side, index))
+                rows.append(_scene_row(side, index, image, mask, [f"{side}/{i}" for i in chosen]))
+            table = _scene_table(rows)
+            ray.get(counter.add.remote(len(rows), {}, {}))
+        manifests[side] = _write_side(table, src, f"{dst}/{side}", options, counter, kept, started)
+        manifests[side].update(format="ssl-ray scene shards 1", mask_column="mask")
+        manifests[side]["split"] = {"side": side, **split, "per_class": _per_class(table, kept)}
+        _write_manifest(f"{dst}/{side}", options, manifests[side])
     return manifests
