@@ -68,6 +68,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         train_size=args.train_size,
         test_size=args.test_size,
         seed=args.seed,
+        scenes=args.scenes,
     )
     try:
         result = evaluate(encoder, options, tracking_uri)
@@ -289,9 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--protocol",
         action="append",
-        choices=["knn", "linear", "finetune", "distill"],
+        choices=["knn", "linear", "finetune", "distill", "segment"],
         help="repeat for several (default: knn and linear); distill: the fine-tuned network taught to a student "
-        "on the unlabelled images (SimCLR v2), with finetune",
+        "on the unlabelled images (SimCLR v2), with finetune; segment: a linear head on the frozen feature map, "
+        "mIoU on --scenes",
+    )
+    check.add_argument(
+        "--scenes",
+        help="for --protocol segment: the folder or s3:// prefix of ssl-ray prepare --scenes (its train/, test/)",
     )
     check.add_argument(
         "--labels",

@@ -19,8 +19,9 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from ssl_ray.cli import build_parser
-from ssl_ray.config import config_from_dict
+from ssl_ray.config import ConfigError, config_from_dict
 from ssl_ray.data.fashion_mnist import load_split
+from ssl_ray.data.prepare import PrepareOptions, prepare
 from ssl_ray.data.subsets import stratified_sample
 from ssl_ray.eval.encoders import load_encoder
 from ssl_ray.eval.evaluate import EvaluateOptions, Evaluation
@@ -134,6 +135,29 @@ def test_evaluate_a_checkpoint_in_the_bucket(pretrained, evaluated, mlflow_serve
     )
     assert run.info.run_id == result.run_id and run.info.status == "FINISHED"
     assert 0.3 < run.data.metrics["eval/linear_top1"] <= 1.0
+
+
+def test_the_segment_protocol_scores_the_frozen_maps_on_scenes(
+    pretrained, mlflow_server, fashion_mnist_dir, local_ray, tmp_path
+):
+    """Fashion-MNIST scenes (``prepare --scenes``), a linear head on the run's frozen feature
+    maps and on its random init's: mIoU and pixel accuracy into the run, the masks' picture."""
+    prepare(str(fashion_mnist_dir), str(tmp_path / "scenes"), PrepareOptions(source="fashion_mnist", scenes=64))
+    result = in_process(
+        pretrained["run_id"], mlflow_server, protocols=("segment",), baselines=True, scenes=str(tmp_path / "scenes")
+    )
+    table = result.table()
+    assert "seg mIoU" in table and "raw pixels" not in table, table  # pixels have no feature map
+    metrics = MlflowClient(mlflow_server).get_run(pretrained["run_id"]).data.metrics
+    for scope in ("eval", "eval/random_init"):
+        # 11 classes (the background and 10 items): even one epoch's maps find the items.
+        assert 0.05 < metrics[f"{scope}/segment_miou"] < metrics[f"{scope}/segment_pixel_acc"] <= 1.0, metrics
+    client = MlflowClient(mlflow_server)
+    picture = client.download_artifacts(pretrained["run_id"], "eval/segment_masks.png", str(tmp_path))
+    with Image.open(picture) as image:  # 4 rows (scenes, truth, trained, random init) of 8 scenes of 56 px, drawn 2x
+        assert image.size == (2 * (2 + 8 * 58), 2 * (2 + 4 * 58))
+    with pytest.raises(ConfigError, match="--protocol segment needs --scenes DIR"):
+        EvaluateOptions(protocols=("segment",))
 
 
 def test_few_label_finetuning_and_distillation_through_ray_train(

@@ -1,12 +1,19 @@
 """The dense protocol's scores and head: mIoU and pixel accuracy against a hand computation,
-and the linear head recovering classes its features carry (and not those they do not)."""
+the linear head recovering classes its features carry (and not those they do not), and every
+registered method's encoder giving the feature map a dense head reads. The protocol end to
+end: test_evaluate."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
+from test_methods import small_config
 
 from ssl_ray.eval.segment import confusion, fit_linear_head, predict, scores
+from ssl_ray.methods import METHODS
+from ssl_ray.nn.backbones import dense_map
+from ssl_ray.train.build import build_method
 
 
 def test_miou_and_pixel_accuracy_by_hand():
@@ -44,3 +51,25 @@ def test_the_linear_head_reads_the_classes_its_features_carry():
     blind = fit_linear_head(torch.randn(40, 4, 4, 4, generator=generator), masks, 3, epochs=40, lr=0.05)
     chance = scores(confusion(predict(blind, torch.randn(10, 4, 4, 4, generator=generator), (16, 16)), truth, 3))
     assert chance.miou < 0.45, chance
+
+
+@pytest.mark.parametrize("name", sorted(set(METHODS) - {"distill"}))
+def test_every_encoders_dense_map_pools_to_its_features(tmp_path, name):
+    """The map a dense head reads comes from the same weights as the pooled features: its
+    spatial mean is them wherever the encoder pools by a mean (ResNets, CMC's halves,
+    colorization's L encoder, CPC's patch grid, mean-pooled ViTs)."""
+    config = small_config(name, tmp_path)
+    encoder = build_method(config).backbone.eval()
+    size = 2 * config.augment.image_size  # scenes are larger than the crops it trained on
+    if config.patch_grid is None and config.model.backbone.startswith("vit"):
+        size -= size % config.model.patch_size
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (3, config.data.channels, size, size), dtype=torch.uint8, generator=generator)
+    with torch.no_grad():
+        dense = dense_map(encoder, images)
+        pooled = encoder(images)
+    assert dense.ndim == 4 and dense.shape[0] == 3 and min(dense.shape[2:]) >= 1
+    has_head = bool(config.encoder_head)
+    token_pooled = config.model.backbone.startswith("vit") and config.model.vit_pool == "token"
+    if not has_head and not token_pooled:
+        torch.testing.assert_close(dense.mean(dim=(2, 3)), pooled, rtol=1e-4, atol=1e-5)

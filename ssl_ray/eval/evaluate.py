@@ -23,7 +23,7 @@ from ssl_ray.config import ConfigError
 from ssl_ray.console import start_ray
 from ssl_ray.data.errors import warn
 from ssl_ray.data.sources import EvalData, build_eval_data
-from ssl_ray.eval import diagnostics
+from ssl_ray.eval import dense, diagnostics
 from ssl_ray.eval.distill import distill
 from ssl_ray.eval.encoders import TrainedEncoder
 from ssl_ray.eval.finetune import RunSizes, finetune, label_tag
@@ -34,6 +34,7 @@ from ssl_ray.monitors.collapse import effective_rank
 from ssl_ray.monitors.features import as_nchw
 from ssl_ray.monitors.knn import k_for_bank, knn_top1
 from ssl_ray.tracking.mlflow_run import RunTracker
+from ssl_ray.tracking.pictures import save_image_rows
 from ssl_ray.views.transforms import ViewMaker
 
 KNN_KS = (10, 20, 200)
@@ -54,8 +55,13 @@ class EvaluateOptions:
     train_size: int | None = None
     test_size: int | None = None
     seed: int = 0
+    scenes: str | None = None  # for "segment": the folder or prefix of train/ and test/ scene shards
 
     def __post_init__(self) -> None:
+        if "segment" in self.protocols and not self.scenes:
+            raise ConfigError(
+                "--protocol segment needs --scenes DIR (ssl-ray prepare --scenes writes DIR/train and DIR/test)"
+            )
         if "distill" in self.protocols and "finetune" not in self.protocols:
             raise ConfigError("--protocol distill needs --protocol finetune too: the fine-tuned network is its teacher")
 
@@ -76,7 +82,12 @@ class Evaluation:
     seconds: float
 
     def table(self) -> str:
-        columns = [f"knn_top1_k{k}" for k in KNN_KS] + ["linear_top1", "linear_top5"]
+        columns = [f"knn_top1_k{k}" for k in KNN_KS] + [
+            "linear_top1",
+            "linear_top5",
+            "segment_miou",
+            "segment_pixel_acc",
+        ]
         for kind in ("finetune_top1_", "distill_top1_"):
             columns += sorted({c for r in self.results for c in r.metrics if c.startswith(kind)})
         present = [c for c in columns if any(c in r.metrics for r in self.results)]
@@ -85,6 +96,8 @@ class Evaluation:
             .replace("linear_", "linear ")
             .replace("finetune_top1_", "tuned ")
             .replace("distill_top1_", "distilled ")
+            .replace("segment_miou", "seg mIoU")
+            .replace("segment_pixel_acc", "seg pix acc")
             for c in present
         }
         lines = [f"{'':22}" + "".join(f"{headers[c]:>14}" for c in present)]
@@ -160,6 +173,24 @@ def _diagnostics(
     return numbers
 
 
+def _segment_protocol(results, specs, config, options: EvaluateOptions, use_gpu: bool) -> torch.Tensor:
+    """mIoU and pixel accuracy of a linear head on each encoder's frozen feature map (raw pixels
+    have none); returns the picture's rows: test scenes, true masks, each encoder's masks."""
+    root = options.scenes.rstrip("/")
+    train = dense.load_scenes(f"{root}/train", config.storage, config.data.channels)
+    test = dense.load_scenes(f"{root}/test", config.storage, config.data.channels)
+    classes = max(len(train.classes), int(train.masks.max()) + 1, int(test.masks.max()) + 1)
+    device = torch.device("cuda" if use_gpu else "cpu")
+    predicted = {}
+    for result, (_, _, spec) in zip(results, specs):
+        if spec.kind == "pixels":
+            continue
+        found, masks = dense.segment(spec.build(), train, test, classes, options.seed, device)
+        result.metrics.update(segment_miou=found.miou, segment_pixel_acc=found.pixel_accuracy)
+        predicted[result.name] = masks
+    return dense.picture_rows(test, predicted, classes)
+
+
 def _target_run(encoder: TrainedEncoder, tracking_uri: str) -> RunTracker:
     """The pretraining's own run when there is one; else a run of its own, tagged with the source."""
     if encoder.run_id is not None:
@@ -213,10 +244,15 @@ def evaluate(encoder: TrainedEncoder, options: EvaluateOptions, tracking_uri: st
                     result.metrics[f"distill_top1_{tag}"] = distill(
                         config, start, tuned, fraction, tracker.run_id, sizes
                     )
+    segment_rows = None
+    if "segment" in options.protocols:
+        segment_rows = _segment_protocol(results, specs, config, options, use_gpu)
     results = [r for r in results if r.metrics]
     numbers: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as out:
         out = Path(out)
+        if segment_rows is not None:
+            tracker.log_artifact(save_image_rows(segment_rows, out / "segment_masks.png"), PREFIX)
         if options.diagnostics:
             numbers = _diagnostics(encoder, data, trained_test_features, out, options.seed)
             for picture in sorted(out.glob("*.png")):

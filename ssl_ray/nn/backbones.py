@@ -20,7 +20,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from ssl_ray.nn.colour_split import LabSplit, LuminanceOnly
-from ssl_ray.nn.feature_maps import grid_patches
+from ssl_ray.nn.feature_maps import grid_patches, stage_feature_maps
 from ssl_ray.nn.heads import hidden_layers
 
 if TYPE_CHECKING:
@@ -161,3 +161,26 @@ class PatchGridPool(nn.Module):
         patches = grid_patches(images, self.patch, self.stride)
         features = self.encoder(patches.flatten(0, 1))
         return features.view(*patches.shape[:2], -1).mean(dim=1)
+
+    def dense_map(self, images: torch.Tensor) -> torch.Tensor:
+        """Each patch's features where the patch sits in the grid (N, D, g_h, g_w)."""
+        patches = grid_patches(images, self.patch, self.stride)
+        features = self.encoder(patches.flatten(0, 1))
+        g_h = (images.shape[-2] - self.patch) // self.stride + 1
+        return features.view(images.shape[0], g_h, -1, features.shape[-1]).permute(0, 3, 1, 2)
+
+
+def dense_map(encoder: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The encoder's features before pooling, (N, D, h, w), from the same weights as its
+    pooled ones (what a dense head reads): a ResNet's last stage, a ViT's patch tokens after
+    its last norm laid out on their grid, an encoder of patches' per-patch features (CPC v2),
+    the L and ab halves' maps side by side (CMC), the L channel's (colorization). Head layers
+    an encoder keeps (SimCLR v2's) act on pooled features and are left out."""
+    if hasattr(encoder, "dense_map"):
+        return encoder.dense_map(images)
+    image_input, net = encoder[0], encoder[1]
+    if isinstance(net, ResNet):
+        return stage_feature_maps(nn.Sequential(image_input, net), images)[-1]
+    tokens = net.forward_features(image_input(images))[:, net.num_prefix_tokens :]  # a timm ViT
+    grid_h = images.shape[-2] // net.patch_embed.patch_size[0]
+    return tokens.reshape(len(images), grid_h, -1, tokens.shape[-1]).permute(0, 3, 1, 2)

@@ -40,6 +40,13 @@ class LabSplit(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return torch.cat(self.halves(images), dim=1)
 
+    def dense_map(self, images: torch.Tensor) -> torch.Tensor:
+        """Both halves' last feature maps, side by side on the channels (N, D_L + D_ab, h, w)."""
+        lightness, colour = lab_channels(images)
+        return torch.cat(
+            [stage_feature_maps(self.luminance, lightness)[-1], stage_feature_maps(self.chroma, colour)[-1]], 1
+        )
+
 
 class LuminanceOnly(nn.Module):
     """RGB images (N, 3, H, W) -> the features of their L channel alone (Zhang et al. 2016's
@@ -52,6 +59,9 @@ class LuminanceOnly(nn.Module):
 
     def feature_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
         return stage_feature_maps(self.luminance, lab_channels(images)[0])
+
+    def dense_map(self, images: torch.Tensor) -> torch.Tensor:
+        return self.feature_maps(images)[-1]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.luminance(lab_channels(images)[0])
