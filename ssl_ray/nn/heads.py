@@ -111,3 +111,35 @@ class HypercolumnHead(nn.Module):
             for lateral, m in zip(self.lateral, maps)
         )
         return self.classify(self.fuse(fused))
+
+
+def pixel_mlp(dims: list[int]) -> nn.Sequential:
+    """``mlp`` at every position of a feature map (N, C, h, w): 1x1 convolutions, BN and ReLU
+    between them (PixPro's projector: Xie et al. 2021, Sec. 3.1)."""
+    layers: list[nn.Module] = []
+    for width_in, width_out in zip(dims[:-2], dims[1:-1]):
+        layers += [nn.Conv2d(width_in, width_out, 1, bias=False), nn.BatchNorm2d(width_out), nn.ReLU()]
+    layers.append(nn.Conv2d(dims[-2], dims[-1], 1))
+    return nn.Sequential(*layers)
+
+
+class PixelPropagation(nn.Module):
+    """PixPro's pixel propagation module (Xie et al. 2021, Eq. 3-4): each position's feature
+    replaced by y_i = sum_j s(x_i, x_j) g(x_j) over the positions j of the same map, with
+    s(x_i, x_j) = max(cos(x_i, x_j), 0)^gamma (a smoothing of the features of similar places)
+    and g a linear map (a 1x1 convolution with BN and ReLU before it for ``layers`` 2; the
+    paper's best is one layer, Table 3)."""
+
+    def __init__(self, dim: int, gamma: float = 2.0, layers: int = 1) -> None:
+        super().__init__()
+        self.gamma = gamma
+        self.transform = pixel_mlp([dim] * (layers + 1))
+
+    def similarity(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, L, L) s(x_i, x_j) of a map (N, D, h, w)."""
+        unit = F.normalize(x.flatten(2), dim=1)
+        return torch.bmm(unit.transpose(1, 2), unit).clamp_min(0).pow(self.gamma)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        values = self.transform(x).flatten(2)  # (N, D, L)
+        return torch.bmm(values, self.similarity(x).transpose(1, 2)).view_as(x)

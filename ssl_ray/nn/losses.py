@@ -340,3 +340,21 @@ class ContrastivePredictionLoss(nn.Module):
             return F.cross_entropy(predictions @ targets.T, positive)
         scores = F.normalize(predictions, dim=1) @ F.normalize(targets, dim=1).T
         return F.cross_entropy(scores / self.temperature, positive)
+
+
+class PixelConsistencyLoss(nn.Module):
+    """PixPro's pixel-to-propagation consistency (Xie et al. 2021, Eq. 5), one direction:
+    -cos(y_i, x'_j) averaged over the positive pairs (i of the online view's propagated map
+    ``y``, j of the other view's target map ``x'``, ``pairs`` from ``nn.dense_matching``).
+
+    Shapes: ``y`` (N, D, h, w), ``target`` (N, D, h, w), ``pairs`` (N, h * w, h * w) bool.
+    Returns a scalar; zero (with a gradient path) when no pair exists, as for views that do
+    not overlap. No gradient reaches ``target``."""
+
+    @in_fp32
+    def forward(self, y: torch.Tensor, target: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+        y = F.normalize(y.float().flatten(2), dim=1)
+        target = F.normalize(target.detach().float().flatten(2), dim=1)
+        cosine = torch.bmm(y.transpose(1, 2), target)  # (N, L, L)
+        weight = pairs.float()
+        return -(cosine * weight).sum() / weight.sum().clamp_min(1.0)

@@ -1,0 +1,88 @@
+"""PixPro (Xie et al. 2021): the positions two views share found through their crop boxes
+(flips included), the propagation module and the consistency loss against hand computations,
+and only the pairs' cosines reaching the loss. The method contract, the falling loss, the EMA
+target and the state round trip come from the registry-wide tests (test_methods); a Ray Train
+run with resume from test_pretrain_e2e (slow)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ssl_ray.nn.dense_matching import cell_centres, positive_pairs
+from ssl_ray.nn.heads import PixelPropagation
+from ssl_ray.nn.losses import PixelConsistencyLoss
+
+
+def test_cell_centres_follow_the_box_and_its_flip():
+    box = torch.tensor([[0.2, 0.0, 0.6, 0.8]])
+    centres = cell_centres(box, 2, 2)[0]
+    assert torch.allclose(centres, torch.tensor([[0.3, 0.2], [0.5, 0.2], [0.3, 0.6], [0.5, 0.6]]))
+    flipped = cell_centres(box[:, [2, 1, 0, 3]], 2, 2)[0]  # the view mirrored: its left column is the right
+    assert torch.allclose(flipped, torch.tensor([[0.5, 0.2], [0.3, 0.2], [0.5, 0.6], [0.3, 0.6]]))
+
+
+def test_positive_pairs_are_the_same_places_of_the_image():
+    whole = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
+    same = positive_pairs(whole, whole, 4, 4, 0.7)[0]
+    assert torch.equal(same, torch.eye(16, dtype=torch.bool)), (
+        "a cell is a pair with itself only (neighbours 1 cell off)"
+    )
+    mirrored = positive_pairs(whole, whole[:, [2, 1, 0, 3]], 4, 4, 0.7)[0]
+    for i in range(16):  # row r, column c of view a is row r, column 3 - c of the flipped view b
+        r, c = divmod(i, 4)
+        assert mirrored[i].nonzero().flatten().tolist() == [4 * r + (3 - c)]
+    # The left half stretched: its cells are half as wide (0.125 of the image). The unit is the
+    # coarser view's cell diagonal (0.354), so 0.7 of it is 0.247: a whole-view cell pairs with
+    # the two narrow cells inside it (0.0625 off) and the next narrow one (0.1875), in its row.
+    left = torch.tensor([[0.0, 0.0, 0.5, 1.0]])
+    zoomed = positive_pairs(whole, left, 4, 4, 0.7)[0]
+    assert zoomed[0].nonzero().flatten().tolist() == [0, 1, 2]
+    assert zoomed.sum(dim=1)[[0, 1, 4, 5]].tolist() == [3, 3, 3, 3]
+    assert zoomed[[3, 7, 11, 15]].sum() == 0, "the whole view's right column is far from the left crop"
+    assert zoomed[2].nonzero().flatten().tolist() == [3], "across the crop's edge: its last column, 0.1875 off"
+    apart = positive_pairs(torch.tensor([[0.0, 0.0, 0.3, 1.0]]), torch.tensor([[0.7, 0.0, 1.0, 1.0]]), 4, 4, 0.7)
+    assert not apart.any(), "views of places apart share no position"
+
+
+def test_pixel_propagation_by_hand():
+    module = PixelPropagation(2, gamma=2.0)
+    with torch.no_grad():  # g the identity: y_i = sum_j max(cos, 0)^2 x_j
+        module.transform[0].weight.copy_(torch.eye(2)[:, :, None, None])
+        module.transform[0].bias.zero_()
+    x = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, -1.0]]).T.reshape(1, 2, 1, 3)  # 3 positions
+    y = module(x)[0, :, 0].T
+    # cos: (0,1) 1/sqrt2, (0,2) 0, (1,2) -1/sqrt2 -> weights squared after clamping at 0.
+    expected = torch.stack(
+        [
+            torch.tensor([1.0, 0.0]) + 0.5 * torch.tensor([1.0, 1.0]),
+            0.5 * torch.tensor([1.0, 0.0]) + torch.tensor([1.0, 1.0]),
+            torch.tensor([0.0, -1.0]),
+        ]
+    )
+    torch.testing.assert_close(y, expected)
+
+
+def test_the_consistency_loss_is_minus_the_mean_cosine_of_the_pairs_only():
+    torch.manual_seed(0)
+    y = torch.randn(2, 8, 2, 2, requires_grad=True)
+    target = torch.randn(2, 8, 2, 2, requires_grad=True)
+    pairs = torch.zeros(2, 4, 4, dtype=torch.bool)
+    pairs[0, 0, 3] = pairs[0, 1, 1] = pairs[1, 2, 0] = True
+    loss = PixelConsistencyLoss()(y, target, pairs)
+    flat_y, flat_t = y.flatten(2), target.flatten(2)
+    by_hand = (
+        -(
+            F.cosine_similarity(flat_y[0, :, 0], flat_t[0, :, 3], dim=0)
+            + F.cosine_similarity(flat_y[0, :, 1], flat_t[0, :, 1], dim=0)
+            + F.cosine_similarity(flat_y[1, :, 2], flat_t[1, :, 0], dim=0)
+        )
+        / 3
+    )
+    torch.testing.assert_close(loss, by_hand)
+    loss.backward()
+    assert target.grad is None, "no gradient reaches the target"
+    reached = y.grad.flatten(2).abs().sum(dim=1) > 0  # (N, L): the positions of view a in a pair
+    assert reached.tolist() == [[True, True, False, False], [False, False, True, False]]
+    none = PixelConsistencyLoss()(y, target, torch.zeros_like(pairs))
+    assert none.item() == 0.0 and none.requires_grad
