@@ -305,8 +305,8 @@ def _scene_row(side: str, index: int, image: np.ndarray, mask: np.ndarray, sourc
     covered = np.bincount(mask.ravel(), minlength=2)[1:]
     label = int(np.argmax(covered)) if covered.any() else -1
     return {
-        "image": scenes.png(image),
-        "mask": scenes.png(mask),
+        "image": _encode_png(image),
+        "mask": _encode_png(mask),
         "label": label,
         "path": f"scene-{side}-{index:06d}",
         "sources": sources,

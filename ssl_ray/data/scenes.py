@@ -6,8 +6,9 @@ OpenClipart's drawings carry an alpha channel, an object mask drawn by a person:
 the object's where its alpha is at least one half, and a later object covers an earlier one
 where it is drawn over it. Backgrounds are a plain colour, smoothed noise, or a texture: a
 small region of another drawing of the same side of the split, blown up and blurred (not an
-object of its category, which would be in the picture and not in the mask). Fashion-MNIST's items, bright on black, are placed on a larger black
-canvas and each is its pixels above a threshold (the grayscale case).
+object of its category, which would be in the picture and not in the mask). Fashion-MNIST's
+items, bright on black, are placed on a larger black canvas and each is its pixels above a
+threshold (the grayscale case).
 
 Everything is drawn from one seeded generator per scene (``scene_rng``), so a scene is the
 same whichever worker makes it, and the sources of a scene come from one side of the split
@@ -15,8 +16,6 @@ only, so no drawing is seen on both sides.
 """
 
 from __future__ import annotations
-
-import io
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -43,14 +42,18 @@ def cutout(raw: bytes | None, longest: int) -> tuple[np.ndarray, np.ndarray] | s
         if image.mode in ("I", "I;16", "F"):
             image = image.point(lambda v: v / 256).convert("L")
         image = image.convert("RGBA")
-        scale = longest / max(image.size)
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        # Premultiplied while resizing: a transparent pixel's colour (often black) must not
-        # bleed into the object's edge.
-        image = image.convert("RGBa").resize(size, Image.BICUBIC, reducing_gap=3.0).convert("RGBA")
+        return _resized(image, longest)
     except (OSError, ValueError):
         return CORRUPT
-    pixels = np.asarray(image)
+
+
+def _resized(image: Image.Image, longest: int) -> tuple[np.ndarray, np.ndarray]:
+    """An RGBA image with its longer side ``longest`` px, as (RGB uint8, alpha float32 in [0, 1]).
+    Premultiplied while resizing: a transparent pixel's colour (often black) must not bleed
+    into the object's edge."""
+    scale = longest / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    pixels = np.asarray(image.convert("RGBa").resize(size, Image.BICUBIC, reducing_gap=3.0).convert("RGBA"))
     return pixels[..., :3].copy(), pixels[..., 3].astype(np.float32) / 255.0
 
 
@@ -61,8 +64,8 @@ def on_white(pixels: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 
 def background(kind: str, size: int, rng: np.random.Generator, texture: np.ndarray | None = None) -> np.ndarray:
-    """A ``size`` x ``size`` RGB uint8 background of ``kind`` (``BACKGROUNDS``); ``texture``: a
-    drawing (RGB) stretched over the canvas for ``texture``."""
+    """A ``size`` x ``size`` RGB uint8 background of ``kind`` (``BACKGROUNDS``); ``texture``: the
+    drawing (RGB) a ``texture`` background takes a close-up of."""
     if kind == "plain":
         return np.broadcast_to(rng.integers(0, 256, 3, dtype=np.uint8), (size, size, 3)).copy()
     if kind == "noise":
@@ -102,11 +105,8 @@ def compose(
             continue
         a = coverage[y0 - top : y1 - top, x0 - left : x1 - left]
         patch = pixels[y0 - top : y1 - top, x0 - left : x1 - left].astype(np.float32)
-        if image.ndim == 3:
-            a3 = a[..., None]
-            image[y0:y1, x0:x1] = a3 * patch + (1 - a3) * image[y0:y1, x0:x1]
-        else:
-            image[y0:y1, x0:x1] = a * patch + (1 - a) * image[y0:y1, x0:x1]
+        weight = a[..., None] if image.ndim == 3 else a  # one coverage for every colour channel
+        image[y0:y1, x0:x1] = weight * patch + (1 - weight) * image[y0:y1, x0:x1]
         mask[y0:y1, x0:x1][a >= COVERED] = label + 1
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), mask, corners
 
@@ -125,11 +125,8 @@ def openclipart_scene(
     placed = []
     for pixels, alpha, label in drawings:
         longest = max(2, round(size * float(rng.uniform(*scale))))
-        factor = longest / max(alpha.shape)
-        shape = (max(1, round(alpha.shape[1] * factor)), max(1, round(alpha.shape[0] * factor)))
         rgba = Image.fromarray(np.dstack([pixels, np.rint(alpha * 255).astype(np.uint8)]), "RGBA")
-        rgba = np.asarray(rgba.convert("RGBa").resize(shape, Image.BICUBIC).convert("RGBA"))
-        placed.append((rgba[..., :3], rgba[..., 3].astype(np.float32) / 255.0, label))
+        placed.append((*_resized(rgba, longest), label))
     image, mask, _ = compose(canvas, placed, rng)
     return image, mask
 
@@ -143,9 +140,3 @@ def fashion_mnist_scene(
     placed = [(item, (item >= FASHION_THRESHOLD * 255).astype(np.float32), label) for item, label in items]
     image, mask, _ = compose(canvas, placed, rng)
     return image, mask
-
-
-def png(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=6)
-    return buffer.getvalue()

@@ -8,7 +8,8 @@ The tokens: the paper's come from DALL-E's dVAE, which cannot be downloaded here
 fits its own tokenizer first, before epoch 1, on the same training images
 (``nn.patch_tokenizer``: a k-means codebook over pixel patches; why k-means is said there),
 checkpoints it with the model and logs it to the run's ``fitted/`` artifacts, which is what
-the run's targets are; ``train.fitted_from`` gives a run an earlier run's tokenizer instead. As the paper: blockwise masking of 40% of the patches with blocks of
+the run's targets are; ``train.fitted_from`` gives a run an earlier run's tokenizer instead.
+As the paper: blockwise masking of 40% of the patches with blocks of
 at least 16 of 196 patches (scaled to the grid, ``nn.masking.scaled_min_block``) and aspect
 ratios in [0.3, 1/0.3], the mask token, the loss on the masked positions only, a linear head
 on the encoder's last tokens. Deviations: a vocabulary of 512 codes (the paper's 8,192 for

@@ -158,9 +158,7 @@ class PatchGridPool(nn.Module):
         self.encoder, self.patch, self.stride = encoder, patch, stride
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        patches = grid_patches(images, self.patch, self.stride)
-        features = self.encoder(patches.flatten(0, 1))
-        return features.view(*patches.shape[:2], -1).mean(dim=1)
+        return self.dense_map(images).mean(dim=(2, 3))
 
     def dense_map(self, images: torch.Tensor) -> torch.Tensor:
         """Each patch's features where the patch sits in the grid (N, D, g_h, g_w)."""
@@ -180,7 +178,7 @@ def dense_map(encoder: nn.Module, images: torch.Tensor) -> torch.Tensor:
         return encoder.dense_map(images)
     image_input, net = encoder[0], encoder[1]
     if isinstance(net, ResNet):
-        return stage_feature_maps(nn.Sequential(image_input, net), images)[-1]
+        return stage_feature_maps(encoder, images)[-1]  # reads encoder[0] and [1] only
     tokens = net.forward_features(image_input(images))[:, net.num_prefix_tokens :]  # a timm ViT
     grid_h = images.shape[-2] // net.patch_embed.patch_size[0]
     return tokens.reshape(len(images), grid_h, -1, tokens.shape[-1]).permute(0, 3, 1, 2)
