@@ -12,7 +12,10 @@
 # measures kNN again at the end), BASELINES=0 to skip the baselines (a continued table whose
 # first part measured them), DISTILL=1 to distil each fine-tuned network into a student too
 # (SimCLR v2's third step), SUPERVISED=0 to skip the supervised reference (a continued table
-# whose first part ran it).
+# whose first part ran it), EXPERIMENT the MLflow experiment (default methods-<EPOCHS>ep), OVERRIDES extra section.field=value settings of every pretraining
+# (the same encoder for all: "model.stem_stride=1"), SCENES the scene shards of the segment
+# protocol (with "segment" in PROTOCOLS; the supervised reference is then evaluated too: the
+# dense table's supervised-on-classification encoder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 epochs="${1:-2}"
@@ -29,6 +32,7 @@ names = set(METHODS) - {"supervised", "distill"}
 print("\n".join(sorted(n for n in names if Path(f"pipelines/{n}_{sys.argv[1]}.yaml").is_file())))' "$dataset")
 experiment="methods-${epochs}ep"
 [[ $dataset == fashion_mnist ]] || experiment="methods-${dataset//_/-}-${epochs}ep"
+experiment="${EXPERIMENT:-$experiment}"
 sizes=()
 [[ -n "${EVAL_TRAIN:-}" ]] && sizes+=(--train-size "$EVAL_TRAIN")
 [[ -n "${EVAL_TEST:-}" ]] && sizes+=(--test-size "$EVAL_TEST")
@@ -39,11 +43,13 @@ if [[ " ${PROTOCOLS:-finetune} " == *" finetune "* ]]; then
   for share in ${LABELS:-10%}; do protocols+=(--labels "$share"); done
 fi
 [[ ${DISTILL:-0} == 1 ]] && protocols+=(--protocol distill)
+[[ " ${PROTOCOLS:-} " == *" segment "* ]] && protocols+=(--scenes "${SCENES:?SCENES: the scene shards of the segment protocol}")
+read -ra overrides <<<"${OVERRIDES:-}"
 first=${BASELINES:-1}
 for method in "${methods[@]}"; do
   out=$(.venv/bin/ssl-ray pretrain "pipelines/${method}_${dataset}.yaml" "train.epochs=${epochs}" \
     "tracking.experiment=${experiment}" "train.run_name=bench-${method}" "eval.knn_raw_pixels=false" \
-    "eval.knn_every_epochs=${KNN_EVERY:-1}" | tee >(cat >&2))  # not /dev/stderr: reopening truncates a log file
+    "eval.knn_every_epochs=${KNN_EVERY:-1}" "${overrides[@]}" | tee >(cat >&2))  # not /dev/stderr: reopening truncates a log file
   run_id=$(grep -oP 'MLflow run id:\s+\K\w+' <<<"$out")
   # The baselines do not depend on the method: measured with the first one only.
   extra=(eval.knn_raw_pixels=true)  # the pretraining skipped it; the evaluation's baseline
@@ -52,7 +58,12 @@ for method in "${methods[@]}"; do
   .venv/bin/ssl-ray evaluate "$run_id" "${protocols[@]}" "${sizes[@]}" "${extra[@]}"
 done
 # The supervised reference: the same encoder, loop and epochs on all the labels.
-[[ ${SUPERVISED:-1} == 1 ]] && .venv/bin/ssl-ray pretrain "pipelines/supervised_${dataset}.yaml" "train.epochs=${epochs}" \
-  "tracking.experiment=${experiment}" "train.run_name=bench-supervised" "eval.knn_raw_pixels=false" \
-  "eval.knn_at_init=false"
+if [[ ${SUPERVISED:-1} == 1 ]]; then
+  out=$(.venv/bin/ssl-ray pretrain "pipelines/supervised_${dataset}.yaml" "train.epochs=${epochs}" \
+    "tracking.experiment=${experiment}" "train.run_name=bench-supervised" "eval.knn_raw_pixels=false" \
+    "eval.knn_at_init=false" "${overrides[@]}" | tee >(cat >&2))
+  if [[ " ${PROTOCOLS:-} " == *" segment "* ]]; then
+    .venv/bin/ssl-ray evaluate "$(grep -oP 'MLflow run id:\s+\K\w+' <<<"$out")" "${protocols[@]}" "${sizes[@]}" --no-baselines
+  fi
+fi
 .venv/bin/python benchmarks/methods_table.py "${experiment}"

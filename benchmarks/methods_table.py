@@ -46,10 +46,12 @@ tuned = [
     for kind in ("finetune_top1_", "distill_top1_")
     for key in sorted({k.split("/")[-1] for r in newest.values() for k in r.data.metrics if kind in k})
 ]
+dense = [k for k in ("segment_miou", "segment_pixel_acc") if any(f"eval/{k}" in r.data.metrics for r in runs)]
 header = ["kNN k 200", "kNN k 20", "linear top-1"] + [
     t.replace("finetune_top1_", "fine-tuned ").replace("distill_top1_", "distilled ") for t in tuned
 ]
-keys = ["knn_top1_k200", "knn_top1_k20", "linear_top1", *tuned]
+header += [{"segment_miou": "segment mIoU", "segment_pixel_acc": "pixel accuracy"}[k] for k in dense]
+keys = ["knn_top1_k200", "knn_top1_k20", "linear_top1", *tuned, *dense]
 print("\n| encoder | " + " | ".join(header) + " |")
 print("|---" * (len(header) + 1) + "|")
 baselines = {}
@@ -59,6 +61,10 @@ for name, run in sorted(newest.items()):
     for scope, label in (("random_init", "random-init encoder"), ("raw_pixels", "raw pixels")):
         if any(k.startswith(f"eval/{scope}/") for k in m):
             baselines[label] = {k: m.get(f"eval/{scope}/{k}") for k in keys}
+if supervised is not None and any(k.startswith("eval/") for k in supervised.data.metrics):
+    # The segment protocol evaluates the supervised reference too: the encoder trained on labels.
+    m = supervised.data.metrics
+    print("| supervised (on the labels) | " + " | ".join(pct(m, f"eval/{k}") for k in keys) + " |")
 for label, values in baselines.items():
     cells = [f"{100 * v:.1f}%" if v is not None else "-" for v in values.values()]
     print(f"| {label} | " + " | ".join(cells) + " |")
