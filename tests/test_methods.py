@@ -216,6 +216,8 @@ def test_targets_follow_their_papers_schedules(tmp_path):
         "moco_v1": ("constant", {"backbone", "projector"}),  # MoCo v1/v2 Eq. 2: constant
         "moco_v2": ("constant", {"backbone", "projector"}),
         "dino": ("cosine", {"backbone", "head"}),  # DINO Sec. 3.1: 0.996 -> 1 along a cosine
+        "pixpro": ("cosine", {"backbone", "projector"}),  # PixPro Sec. 4.1: 0.99 -> 1 along a cosine
+        "densecl": ("constant", {"backbone", "projector", "dense_projector"}),  # MoCo v2's, both heads
     }
     assert {name: declared.get(name) for name in papers} == papers
     assert not {"simclr", "simsiam", "swav", "barlow_twins", "vicreg"} & set(declared)
@@ -230,6 +232,13 @@ def test_methods_take_their_papers_defaults(tmp_path):
     assert (method_config("moco_v3").temperature, method_config("moco_v3").ema_momentum) == (1.0, 0.99)
     assert method_config("byol").ema_momentum == 0.996 and method_config("byol").projection_dim == 256
     assert method_config("simsiam").predictor_hidden_dim == 512
+    densecl = method_config("densecl")
+    assert (densecl.dense_weight, densecl.temperature, densecl.queue_size, densecl.ema_momentum) == (
+        0.5,
+        0.2,
+        65536,
+        0.999,
+    )
     assert method_config("moco_v1", temperature=0.5).temperature == 0.5  # what the user sets wins
 
 

@@ -103,7 +103,7 @@ def test_pretrain_checkpoint_and_mlflow(simclr_pretrained, mlflow_server):
 
 
 # The runs that also resume: their momentum targets and buffers must come back.
-RESUMED = ("moco_v2", "dino", "pirl", "deepcluster", "mae", "beit", "cpc_v2", "pixpro")
+RESUMED = ("moco_v2", "dino", "pirl", "deepcluster", "mae", "beit", "cpc_v2", "pixpro", "densecl")
 
 
 def _slow_if_covered(method: str):
@@ -157,6 +157,7 @@ def test_every_method_trains_through_ray_train(
     special = {
         "moco_v1": ["method.queue_size=384"],
         "moco_v2": ["method.queue_size=384", "method.temperature=0.1"],
+        "densecl": ["method.queue_size=384", "method.temperature=0.1"],
         # Without its queue: in one epoch a filling queue moves the codes (the loss steps up
         # when it starts), and the prototypes stay frozen (first epoch); the queue is unit-tested.
         "swav": ["method.queue_size=0"],
@@ -188,7 +189,7 @@ def test_every_method_trains_through_ray_train(
     # MoCo's loss rises while real keys replace the queue's random start; compare once full.
     # PIRL's bank fills over the whole first epoch, moving its targets (tests/test_methods.py
     # holds the bank to see the loss fall).
-    start = 3 if method in ("moco_v1", "moco_v2") else 2
+    start = 3 if method in ("moco_v1", "moco_v2", "densecl") else 2
     if method != "pirl":
         assert sum(losses[-4:]) / 4 < sum(losses[start : start + 4]) / 4, losses
     assert run.data.metrics["collapse_std"] > 0 and run.data.metrics["collapse_rank"] >= 1.0
@@ -215,12 +216,13 @@ def test_every_method_trains_through_ray_train(
     (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if p.name.startswith(f"e2e-{method}-")]
     state = load_state(max((p for p in run_dir.glob("checkpoint_*") if p.is_dir()), key=lambda p: p.name))
     assert state["step"] == 32
-    if method in ("moco_v2", "dino"):
+    if method in ("moco_v2", "dino", "densecl"):
         assert any(k.startswith("target_backbone.") for k in state["model"])
-    if method == "moco_v2":
+    if method in ("moco_v2", "densecl"):
         # 32 steps of 128 keys have entered a 384-slot queue: the write position is 4096 mod 384.
         # A queue lost on resume would have restarted at 0 and stand at 2048 mod 384 = 128.
-        assert int(state["model"]["queue.pointer"]) == 4096 % 384
+        queues = ("queue", "dense_queue") if method == "densecl" else ("queue",)
+        assert [int(state["model"][f"{q}.pointer"]) for q in queues] == [4096 % 384] * len(queues)
         return
     first = load_state(min((p for p in run_dir.glob("checkpoint_*") if p.is_dir()), key=lambda p: p.name))
     if method == "deepcluster":

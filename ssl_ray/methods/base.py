@@ -134,10 +134,15 @@ class SSLMethod(nn.Module):
     def add_targets(self, *names: str, momentum: float, schedule: Literal["constant", "cosine"]) -> None:
         """Momentum targets of the named online submodules, starting as exact copies: MoCo's
         key encoder, BYOL's target network, DINO's teacher. The training step moves them after
-        every optimiser step along their schedule (``update_targets``), nothing else does."""
+        every optimiser step along their schedule (``update_targets``), nothing else does.
+        A subclass adds its own heads' targets with a second call (DenseCL's dense head on
+        MoCo v2's), on the same schedule."""
+        declared = self.targets.online if self.targets is not None else ()
+        if declared and (self.targets.start, self.targets.schedule) != (momentum, schedule):
+            raise ValueError(f"targets {declared} follow another momentum schedule than {names}")
         for name in names:
             setattr(self, f"target_{name}", deactivate_requires_grad(copy.deepcopy(getattr(self, name))))
-        self.targets = MomentumTargets(names, momentum, schedule)
+        self.targets = MomentumTargets(declared + names, momentum, schedule)
 
     @torch.no_grad()
     def update_targets(self) -> None:

@@ -1,7 +1,9 @@
-"""Which feature-map positions of two views of an image show the same place of it: each
-position's cell centre warped through its view's crop box (``views.parts.CropBoxes``: the
-crop's edges in the source image, a flipped view's x edges swapped) into source-image
-coordinates, and pairs closer than a threshold, measured in feature-map cells.
+"""Which feature-map positions of two views of an image show the same place of it.
+
+By geometry (PixPro): each position's cell centre warped through its view's crop box
+(``views.parts.CropBoxes``: the crop's edges in the source image, a flipped view's x edges
+swapped) into source-image coordinates, and pairs closer than a threshold, measured in
+feature-map cells. By features (DenseCL): each position's most similar one of the other view.
 
 PixPro (Xie et al. 2021, Sec. 3.1, https://arxiv.org/abs/2011.10043) calls two positions a
 positive pair when that distance, normalised by the diagonal of a feature-map cell, is below
@@ -42,3 +44,19 @@ def positive_pairs(boxes_a: torch.Tensor, boxes_b: torch.Tensor, h: int, w: int,
     distance = torch.cdist(cell_centres(boxes_a, h, w), cell_centres(boxes_b, h, w))
     unit = torch.maximum(cell_diagonals(boxes_a, h, w), cell_diagonals(boxes_b, h, w))
     return distance / unit[:, None, None] < threshold
+
+
+def most_similar_positions(query_maps: torch.Tensor, key_maps: torch.Tensor) -> torch.Tensor:
+    """(N, h * w) long: for each position of a query map (N, D, h, w), the position of the
+    key map of the same image whose feature is the most cosine-similar (DenseCL, Wang et al.
+    2021, Eq. 3, https://arxiv.org/abs/2011.09157: matched on the backbone's features, no
+    geometry). The maps may differ in size; ties go to the first position."""
+    queries = torch.nn.functional.normalize(query_maps.flatten(2).float(), dim=1)
+    keys = torch.nn.functional.normalize(key_maps.flatten(2).float(), dim=1)
+    return torch.bmm(queries.transpose(1, 2), keys).argmax(dim=2)
+
+
+def gather_positions(maps: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """(N, D, L): the features of ``maps`` (N, D, h, w) at ``positions`` (N, L)."""
+    flat = maps.flatten(2)
+    return torch.gather(flat, 2, positions[:, None, :].expand(-1, flat.shape[1], -1))

@@ -113,12 +113,16 @@ class HypercolumnHead(nn.Module):
         return self.classify(self.fuse(fused))
 
 
-def pixel_mlp(dims: list[int]) -> nn.Sequential:
+def pixel_mlp(dims: list[int], hidden_bn: bool = True) -> nn.Sequential:
     """``mlp`` at every position of a feature map (N, C, h, w): 1x1 convolutions, BN and ReLU
-    between them (PixPro's projector: Xie et al. 2021, Sec. 3.1)."""
+    between them (PixPro's projector: Xie et al. 2021, Sec. 3.1); without the BN, DenseCL's
+    dense projection head (Wang et al. 2021, Sec. 3.2)."""
     layers: list[nn.Module] = []
     for width_in, width_out in zip(dims[:-2], dims[1:-1]):
-        layers += [nn.Conv2d(width_in, width_out, 1, bias=False), nn.BatchNorm2d(width_out), nn.ReLU()]
+        if hidden_bn:
+            layers += [nn.Conv2d(width_in, width_out, 1, bias=False), nn.BatchNorm2d(width_out), nn.ReLU()]
+        else:
+            layers += [nn.Conv2d(width_in, width_out, 1), nn.ReLU()]
     layers.append(nn.Conv2d(dims[-2], dims[-1], 1))
     return nn.Sequential(*layers)
 
