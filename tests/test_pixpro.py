@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ssl_ray.nn.dense_matching import cell_centres, positive_pairs
+from ssl_ray.nn.dense_matching import cell_centres, cell_diagonals, positive_pairs
 from ssl_ray.nn.heads import PixelPropagation
 from ssl_ray.nn.losses import PixelConsistencyLoss
 
@@ -86,3 +86,32 @@ def test_the_consistency_loss_is_minus_the_mean_cosine_of_the_pairs_only():
     assert reached.tolist() == [[True, True, False, False], [False, False, True, False]]
     none = PixelConsistencyLoss()(y, target, torch.zeros_like(pairs))
     assert none.item() == 0.0 and none.requires_grad
+
+
+def test_matched_positions_of_two_real_views_read_the_same_source_pixels():
+    """Through the real view maker (crop, flip, resize): each view of a coordinate image
+    pooled to a 4 x 4 map, its cells' mean column and row read back from the pixels; they are
+    the cell centres its crop box says, and a positive pair's two cells show nearly the same
+    place (closer than the threshold, in the coarser view's cells)."""
+    from test_recipes import PLAIN, SIDE, coordinate_images
+
+    from ssl_ray.views.parts import CropBoxes
+    from ssl_ray.views.recipe import BatchRecipe
+
+    recipe = BatchRecipe(PLAIN, parts=(CropBoxes(),))
+    views, parts = recipe.view_maker(channels=3, stage="all", seed=3).make(coordinate_images(64))
+    boxes = parts["crop_boxes"]
+    kept = (views[0][:, 0, 0, 0] != views[0][:, 1, 0, 0]) & (views[1][:, 0, 0, 0] != views[1][:, 1, 0, 0])
+
+    def read_places(view):  # (n, 16, 2): each cell's mean (x, y) in fractions of the source
+        cells = F.avg_pool2d(view[kept, :2].float(), 4).flatten(2).transpose(1, 2)
+        return (cells / 4 + 0.5) / SIDE
+
+    places = [read_places(v) for v in views]
+    for v in range(2):
+        torch.testing.assert_close(places[v], cell_centres(boxes[kept, v], 4, 4), atol=2 / SIDE, rtol=0)
+    pairs = positive_pairs(boxes[kept, 0], boxes[kept, 1], 4, 4, 0.7)
+    assert pairs.any(dim=(1, 2)).sum() >= 10, "crops of 10-60% of the image overlap in many images"
+    unit = torch.maximum(*(cell_diagonals(boxes[kept, v], 4, 4) for v in range(2)))
+    apart = torch.cdist(places[0], places[1]) / unit[:, None, None]
+    assert (apart[pairs] < 0.7 + 0.15).all() and (apart[~pairs] > 0.7 - 0.15).all()
