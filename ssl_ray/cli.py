@@ -55,6 +55,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     tracking_uri = resolve_tracking_uri(args.tracking_uri)
     try:
         encoder = load_encoder(args.source, tracking_uri, args.config, args.overrides)
+        reference = load_encoder(args.reference, tracking_uri) if args.reference else None
     except (SourceError, DataSourceError) as error:
         print(f"ssl-ray: {error}", file=sys.stderr)
         return 2
@@ -69,6 +70,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         test_size=args.test_size,
         seed=args.seed,
         scenes=args.scenes,
+        reference=reference,
     )
     try:
         result = evaluate(encoder, options, tracking_uri)
@@ -298,6 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--scenes",
         help="for --protocol segment: the folder or s3:// prefix of ssl-ray prepare --scenes (its train/, test/)",
+    )
+    check.add_argument(
+        "--reference",
+        metavar="SOURCE",
+        help="another trained encoder (run id, models:/, checkpoint) measured beside it on the same sets by the "
+        "frozen and segment protocols, e.g. a supervised run: the dense table's supervised baseline",
     )
     check.add_argument(
         "--labels",

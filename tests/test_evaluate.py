@@ -5,6 +5,7 @@ sharing one Ray): all three must see the same encoder. And few-label fine-tuning
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 
@@ -141,23 +142,43 @@ def test_the_segment_protocol_scores_the_frozen_maps_on_scenes(
     pretrained, mlflow_server, fashion_mnist_dir, local_ray, tmp_path
 ):
     """Fashion-MNIST scenes (``prepare --scenes``), a linear head on the run's frozen feature
-    maps and on its random init's: mIoU and pixel accuracy into the run, the masks' picture."""
+    maps, on its random init's and on a reference encoder's (``--reference``; here the run's
+    registered model, the same weights): mIoU and pixel accuracy into the run, the masks'
+    picture; a reference that reads other images is refused before any work."""
     prepare(str(fashion_mnist_dir), str(tmp_path / "scenes"), PrepareOptions(source="fashion_mnist", scenes=64))
+    reference = load_encoder("models:/e2e-encoder/1", mlflow_server)
     result = in_process(
-        pretrained["run_id"], mlflow_server, protocols=("segment",), baselines=True, scenes=str(tmp_path / "scenes")
+        pretrained["run_id"],
+        mlflow_server,
+        protocols=("segment",),
+        baselines=True,
+        scenes=str(tmp_path / "scenes"),
+        reference=reference,
     )
     table = result.table()
     assert "seg mIoU" in table and "raw pixels" not in table, table  # pixels have no feature map
+    assert "simclr encoder (ref)" in table, table
     metrics = MlflowClient(mlflow_server).get_run(pretrained["run_id"]).data.metrics
     for scope in ("eval", "eval/random_init"):
         # 11 classes (the background and 10 items): even one epoch's maps find the items.
         assert 0.05 < metrics[f"{scope}/segment_miou"] < metrics[f"{scope}/segment_pixel_acc"] <= 1.0, metrics
+    assert metrics["eval/reference/segment_miou"] == metrics["eval/segment_miou"], "the same weights"
+    assert metrics["eval/random_init/segment_miou"] != metrics["eval/segment_miou"]
     client = MlflowClient(mlflow_server)
     picture = client.download_artifacts(pretrained["run_id"], "eval/segment_masks.png", str(tmp_path))
-    with Image.open(picture) as image:  # 4 rows (scenes, truth, trained, random init) of 8 scenes of 56 px, drawn 2x
-        assert image.size == (2 * (2 + 8 * 58), 2 * (2 + 4 * 58))
+    with Image.open(picture) as image:  # 5 rows (scenes, truth, trained, random init, reference) of 8 56 px scenes, 2x
+        assert image.size == (2 * (2 + 8 * 58), 2 * (2 + 5 * 58))
     with pytest.raises(ConfigError, match="--protocol segment needs --scenes DIR"):
         EvaluateOptions(protocols=("segment",))
+    colour = reference.config.model_copy(update={"data": reference.config.data.model_copy(update={"channels": 3})})
+    with pytest.raises(ConfigError, match="--reference models:/e2e-encoder/1: its encoder reads 3-channel images"):
+        in_process(
+            pretrained["run_id"],
+            mlflow_server,
+            protocols=("segment",),
+            scenes=str(tmp_path / "missing"),  # never read: refused first
+            reference=dataclasses.replace(reference, config=colour),
+        )
 
 
 def test_few_label_finetuning_and_distillation_through_ray_train(

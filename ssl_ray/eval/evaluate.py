@@ -56,6 +56,9 @@ class EvaluateOptions:
     test_size: int | None = None
     seed: int = 0
     scenes: str | None = None  # for "segment": the folder or prefix of train/ and test/ scene shards
+    # Another trained encoder measured beside this one on the same sets by the frozen and dense
+    # protocols (not fine-tuned): the supervised-on-classification baseline of a dense table.
+    reference: TrainedEncoder | None = None
 
     def __post_init__(self) -> None:
         if "segment" in self.protocols and not self.scenes:
@@ -191,6 +194,18 @@ def _segment_protocol(results, specs, config, options: EvaluateOptions, use_gpu:
     return dense.picture_rows(test, predicted, classes)
 
 
+def _reference_spec(reference: TrainedEncoder, config) -> tuple[str, str, EncoderSpec]:
+    """The reference encoder's row: built from its own run's model config, fed this run's images."""
+    channels = reference.config.data.channels
+    if channels != config.data.channels:
+        raise ConfigError(
+            f"--reference {reference.source}: its encoder reads {channels}-channel images, "
+            f"and this run's data has {config.data.channels}"
+        )
+    name = f"{reference.config.method.name} encoder (ref)"
+    return name, f"{PREFIX}/reference", EncoderSpec.of("weights", reference.config, reference.state)
+
+
 def _target_run(encoder: TrainedEncoder, tracking_uri: str) -> RunTracker:
     """The pretraining's own run when there is one; else a run of its own, tagged with the source."""
     if encoder.run_id is not None:
@@ -206,6 +221,7 @@ def _target_run(encoder: TrainedEncoder, tracking_uri: str) -> RunTracker:
 
 def evaluate(encoder: TrainedEncoder, options: EvaluateOptions, tracking_uri: str) -> Evaluation:
     started = time.perf_counter()
+    reference = _reference_spec(options.reference, encoder.config) if options.reference is not None else None
     if not ray.is_initialized():
         start_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -221,6 +237,8 @@ def evaluate(encoder: TrainedEncoder, options: EvaluateOptions, tracking_uri: st
         specs.append(("random-init encoder", f"{PREFIX}/random_init", EncoderSpec.of("random", config)))
         if config.eval.knn_raw_pixels:
             specs.append(("raw pixels", f"{PREFIX}/raw_pixels", EncoderSpec.of("pixels", config)))
+    if reference is not None:
+        specs.append(reference)
     results = [EncoderResult(name, scope) for name, scope, _ in specs]
     trained_test_features = None
     if any(p in FROZEN_PROTOCOLS for p in options.protocols):
