@@ -55,7 +55,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     tracking_uri = resolve_tracking_uri(args.tracking_uri)
     try:
         encoder = load_encoder(args.source, tracking_uri, args.config, args.overrides)
-        reference = load_encoder(args.reference, tracking_uri) if args.reference else None
+        references = tuple(load_encoder(source, tracking_uri) for source in args.reference or ())
     except (SourceError, DataSourceError) as error:
         print(f"ssl-ray: {error}", file=sys.stderr)
         return 2
@@ -70,7 +70,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         test_size=args.test_size,
         seed=args.seed,
         scenes=args.scenes,
-        reference=reference,
+        references=references,
     )
     try:
         result = evaluate(encoder, options, tracking_uri)
@@ -303,9 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument(
         "--reference",
+        action="append",
         metavar="SOURCE",
         help="another trained encoder (run id, models:/, checkpoint) measured beside it on the same sets by the "
-        "frozen and segment protocols, e.g. a supervised run: the dense table's supervised baseline",
+        "frozen and segment protocols, e.g. a supervised run: the dense table's supervised baseline (repeat for "
+        "several)",
     )
     check.add_argument(
         "--labels",

@@ -153,16 +153,16 @@ def test_the_segment_protocol_scores_the_frozen_maps_on_scenes(
         protocols=("segment",),
         baselines=True,
         scenes=str(tmp_path / "scenes"),
-        reference=reference,
+        references=(reference,),
     )
     table = result.table()
     assert "seg mIoU" in table and "raw pixels" not in table, table  # pixels have no feature map
-    assert "simclr encoder (ref)" in table, table
+    assert "ref: simclr" in table, table
     metrics = MlflowClient(mlflow_server).get_run(pretrained["run_id"]).data.metrics
     for scope in ("eval", "eval/random_init"):
         # 11 classes (the background and 10 items): even one epoch's maps find the items.
         assert 0.05 < metrics[f"{scope}/segment_miou"] < metrics[f"{scope}/segment_pixel_acc"] <= 1.0, metrics
-    assert metrics["eval/reference/segment_miou"] == metrics["eval/segment_miou"], "the same weights"
+    assert metrics["eval/reference/simclr/segment_miou"] == metrics["eval/segment_miou"], "the same weights"
     assert metrics["eval/random_init/segment_miou"] != metrics["eval/segment_miou"]
     client = MlflowClient(mlflow_server)
     picture = client.download_artifacts(pretrained["run_id"], "eval/segment_masks.png", str(tmp_path))
@@ -177,7 +177,7 @@ def test_the_segment_protocol_scores_the_frozen_maps_on_scenes(
             mlflow_server,
             protocols=("segment",),
             scenes=str(tmp_path / "missing"),  # never read: refused first
-            reference=dataclasses.replace(reference, config=colour),
+            references=(reference, dataclasses.replace(reference, config=colour)),
         )
 
 

@@ -22,6 +22,7 @@ from PIL import Image
 from services import S3_KEY_ID, S3_SECRET, start_moto
 
 import ssl_ray.data.files as files_module
+from ssl_ray.cli import main
 from ssl_ray.config import StorageConfig, config_from_dict
 from ssl_ray.data.decode import PROBE_BYTES
 from ssl_ray.data.errors import DataSourceError
@@ -250,11 +251,13 @@ def test_listing_is_cached_per_location(s3, s3_server):
 
 
 def test_pretrain_from_the_bucket_checkpoint_to_it_and_resume(
-    s3, s3_server, tmp_path, mlflow_server, fashion_mnist_dir, local_ray
+    s3, s3_server, tmp_path, mlflow_server, fashion_mnist_dir, local_ray, capsys, monkeypatch
 ):
     """The whole path against the S3 server: loose images (with bad files) to train on,
     Parquet shards written by ``prepare`` as the kNN queries, checkpoints into the bucket,
-    resume from them, skip counts in MLflow, and no credential anywhere MLflow keeps."""
+    resume from them, skip counts in MLflow, and no credential anywhere MLflow keeps. Both
+    runs go through the command's ``main`` in this process, joined to the head (the command
+    as its own process, with a bucket checkpoint, is the suite's SimCLR run: conftest.py)."""
     client, bucket = s3
     train_files = fashion_mnist_folder(fashion_mnist_dir, "train", per_class=120, classes=5)
     train_files.update({f"coat/bad-{name}": raw for name, raw in bad_files().items()})
@@ -264,41 +267,45 @@ def test_pretrain_from_the_bucket_checkpoint_to_it_and_resume(
     # test_prepare_fashion_mnist_through_the_cli's): a CLI start less.
     prepare(str(val), f"s3://{bucket}/val-shards", PrepareOptions(storage=StorageConfig(endpoint_url=s3_server)))
 
+    monkeypatch.chdir(tmp_path)
+
     def pretrain(*extra):
-        done = run_cli(
-            "pretrain",
-            pipeline("simclr_fashion_mnist"),
-            *SMALL_RUN,
-            *ONE_WORKER,
-            "data.source=images",
-            f"data.path={train_url}",
-            f"data.val_path=s3://{bucket}/val-shards",
-            "data.val_source=parquet",
-            f"storage.endpoint_url={s3_server}",
-            f"train.storage_path=s3://{bucket}/runs",
-            "train.run_name=s3-e2e",
-            "tracking.experiment=s3-e2e",
-            # Each kNN pass re-reads the loose files from the server; the baselines would add four.
-            "eval.knn_at_init=false",
-            "eval.knn_raw_pixels=false",
-            # No MLflow model: its encoder stays the run's encoder/encoder.pt (checked below).
-            "tracking.register_model=false",
-            "--tracking-uri",
-            mlflow_server,
-            *extra,
-            cwd=tmp_path,
+        code = main(
+            [
+                "pretrain",
+                pipeline("simclr_fashion_mnist"),
+                *SMALL_RUN,
+                *ONE_WORKER,
+                "data.source=images",
+                f"data.path={train_url}",
+                f"data.val_path=s3://{bucket}/val-shards",
+                "data.val_source=parquet",
+                f"storage.endpoint_url={s3_server}",
+                f"train.storage_path=s3://{bucket}/runs",
+                "train.run_name=s3-e2e",
+                "tracking.experiment=s3-e2e",
+                # Each kNN pass re-reads the loose files from the server; the baselines would add four.
+                "eval.knn_at_init=false",
+                "eval.knn_raw_pixels=false",
+                # No MLflow model: its encoder stays the run's encoder/encoder.pt (checked below).
+                "tracking.register_model=false",
+                "--tracking-uri",
+                mlflow_server,
+                *extra,
+            ]
         )
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+        done = capsys.readouterr()
+        assert code == 0, done.out[-3000:] + done.err[-5000:]
         return done
 
     first = pretrain("train.epochs=1")
-    run_id = re.search(r"MLflow run id:\s+(\w+)", first.stdout).group(1)
-    assert re.search(rf"checkpoint: s3://{bucket}/runs/s3-e2e-", first.stdout), first.stdout
+    run_id = re.search(r"MLflow run id:\s+(\w+)", first.out).group(1)
+    assert re.search(rf"checkpoint: s3://{bucket}/runs/s3-e2e-", first.out), first.out
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="runs/")["Contents"]]
     assert any(k.endswith("/state.pt") for k in keys), keys
 
     second = pretrain("train.epochs=2", "--resume")
-    assert re.search(r"MLflow run id:\s+(\w+)", second.stdout).group(1) == run_id
+    assert re.search(r"MLflow run id:\s+(\w+)", second.out).group(1) == run_id
     mlflow = MlflowClient(mlflow_server)
     run = mlflow.get_run(run_id)
     assert sorted(m.step for m in mlflow.get_metric_history(run_id, "loss")) == [1, 2]
@@ -313,7 +320,7 @@ def test_pretrain_from_the_bucket_checkpoint_to_it_and_resume(
     artifacts = [a.path for a in mlflow.list_artifacts(run_id)]
     stored += Path(mlflow.download_artifacts(run_id, "config.yaml", str(tmp_path))).read_text()
     for secret in (S3_SECRET, S3_KEY_ID):
-        assert secret not in stored and secret not in first.stdout + first.stderr + second.stdout + second.stderr
+        assert secret not in stored and secret not in first.out + first.err + second.out + second.err
     assert "config.yaml" in artifacts and run.data.params["storage.endpoint_url"] == s3_server
     assert "encoder" in artifacts and "ssl_ray.registered_model" not in run.data.tags
     assert not mlflow.search_registered_models(f"name = '{run.data.params['train.run_name']}-encoder'")

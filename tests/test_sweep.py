@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-from cli import ONE_WORKER, ROOT, SMALL_RUN, pipeline, run_cli, shared_ray_head
+from cli import ONE_WORKER, ROOT, SMALL_RUN, joined_to_the_shared_head, pipeline, run_cli, shared_ray_head
 from mlflow.tracking import MlflowClient
 
+from ssl_ray.cli import main
 from ssl_ray.config import load_config, load_raw
 from ssl_ray.tune.space import SpaceError, parse_space
 
@@ -267,9 +268,11 @@ def test_the_mlflow_ui_lists_the_sweep_and_its_trials(asha_sweep):
         driver.quit()
 
 
-def test_an_interrupted_sweep_resumes_without_repeating_finished_trials(tmp_path):
+def test_an_interrupted_sweep_resumes_without_repeating_finished_trials(tmp_path, capsys, monkeypatch):
     """Two trials in turn; Ctrl-C once the first has finished (the second is then starting or
-    training); ``--resume`` keeps the first and runs the second, from its checkpoint if any."""
+    training); ``--resume`` keeps the first and runs the second, from its checkpoint if any.
+    The interrupted sweep is the command in its own process (it takes the signal); the resume
+    is the command's ``main`` in this one, joined to the same head: a process start less."""
     space = tmp_path / "space.yaml"
     space.write_text("method.temperature: {grid: [0.1, 0.2]}\n")
     args = [
@@ -317,8 +320,11 @@ def test_an_interrupted_sweep_resumes_without_repeating_finished_trials(tmp_path
     done_before = {run.data.tags["ssl_ray.trial_id"] for run in finished_trials()}
     assert len(done_before) == 1
 
-    resumed = run_cli(*args, "--resume", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    monkeypatch.chdir(tmp_path)
+    with joined_to_the_shared_head():
+        code = main([*args, "--resume"])
+    resumed = capsys.readouterr()
+    assert code == 0, resumed.out[-3000:] + resumed.err[-3000:]
     _, _, parent, children = _sweep_runs(uri, "sweep-resume")
     assert parent.info.status == "FINISHED" and parent.data.metrics["trials"] == 2
     # One run per trial, each with every epoch once: nothing finished was run again.

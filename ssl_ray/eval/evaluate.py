@@ -56,9 +56,10 @@ class EvaluateOptions:
     test_size: int | None = None
     seed: int = 0
     scenes: str | None = None  # for "segment": the folder or prefix of train/ and test/ scene shards
-    # Another trained encoder measured beside this one on the same sets by the frozen and dense
-    # protocols (not fine-tuned): the supervised-on-classification baseline of a dense table.
-    reference: TrainedEncoder | None = None
+    # Other trained encoders measured beside this one on the same sets by the frozen and dense
+    # protocols (not fine-tuned): the supervised-on-classification baseline of a dense table,
+    # or the other methods' encoders, in one table and one picture.
+    references: tuple[TrainedEncoder, ...] = ()
 
     def __post_init__(self) -> None:
         if "segment" in self.protocols and not self.scenes:
@@ -194,16 +195,23 @@ def _segment_protocol(results, specs, config, options: EvaluateOptions, use_gpu:
     return dense.picture_rows(test, predicted, classes)
 
 
-def _reference_spec(reference: TrainedEncoder, config) -> tuple[str, str, EncoderSpec]:
-    """The reference encoder's row: built from its own run's model config, fed this run's images."""
-    channels = reference.config.data.channels
-    if channels != config.data.channels:
-        raise ConfigError(
-            f"--reference {reference.source}: its encoder reads {channels}-channel images, "
-            f"and this run's data has {config.data.channels}"
-        )
-    name = f"{reference.config.method.name} encoder (ref)"
-    return name, f"{PREFIX}/reference", EncoderSpec.of("weights", reference.config, reference.state)
+def _reference_specs(references: tuple[TrainedEncoder, ...], config) -> list[tuple[str, str, EncoderSpec]]:
+    """The reference encoders' rows, each built from its own run's model config and fed this
+    run's images; metrics under ``eval/reference/<method>`` (``_2``, ... for a method twice)."""
+    specs, seen = [], {}
+    for reference in references:
+        channels = reference.config.data.channels
+        if channels != config.data.channels:
+            raise ConfigError(
+                f"--reference {reference.source}: its encoder reads {channels}-channel images, "
+                f"and this run's data has {config.data.channels}"
+            )
+        method = reference.config.method.name
+        seen[method] = seen.get(method, 0) + 1
+        key = method if seen[method] == 1 else f"{method}_{seen[method]}"
+        spec = EncoderSpec.of("weights", reference.config, reference.state)
+        specs.append((f"ref: {key}", f"{PREFIX}/reference/{key}", spec))
+    return specs
 
 
 def _target_run(encoder: TrainedEncoder, tracking_uri: str) -> RunTracker:
@@ -221,7 +229,7 @@ def _target_run(encoder: TrainedEncoder, tracking_uri: str) -> RunTracker:
 
 def evaluate(encoder: TrainedEncoder, options: EvaluateOptions, tracking_uri: str) -> Evaluation:
     started = time.perf_counter()
-    reference = _reference_spec(options.reference, encoder.config) if options.reference is not None else None
+    references = _reference_specs(options.references, encoder.config)
     if not ray.is_initialized():
         start_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -237,8 +245,7 @@ def evaluate(encoder: TrainedEncoder, options: EvaluateOptions, tracking_uri: st
         specs.append(("random-init encoder", f"{PREFIX}/random_init", EncoderSpec.of("random", config)))
         if config.eval.knn_raw_pixels:
             specs.append(("raw pixels", f"{PREFIX}/raw_pixels", EncoderSpec.of("pixels", config)))
-    if reference is not None:
-        specs.append(reference)
+    specs += references
     results = [EncoderResult(name, scope) for name, scope, _ in specs]
     trained_test_features = None
     if any(p in FROZEN_PROTOCOLS for p in options.protocols):
