@@ -115,3 +115,43 @@ def test_matched_positions_of_two_real_views_read_the_same_source_pixels():
     unit = torch.maximum(*(cell_diagonals(boxes[kept, v], 4, 4) for v in range(2)))
     apart = torch.cdist(places[0], places[1]) / unit[:, None, None]
     assert (apart[pairs] < 0.7 + 0.15).all() and (apart[~pairs] > 0.7 - 0.15).all()
+
+
+def _pixpro(instance_weight: float):
+    from ssl_ray.methods import METHODS
+    from ssl_ray.nn.backbones import build_backbone
+    from ssl_ray.sections import AugmentConfig
+
+    cls = METHODS["pixpro"]
+    params = cls.Params(name="pixpro", projection_hidden_dim=16, projection_dim=8, instance_weight=instance_weight)
+    torch.manual_seed(0)
+    encoder, width = build_backbone("resnet18", 1, width=8, blocks=(1, 1, 1, 1), stem_stride=1)
+    return cls(params, encoder, width, cls.recipe(params, AugmentConfig(image_size=28)))
+
+
+def test_the_instance_branch_adds_byols_loss_of_the_pooled_maps_with_its_weight():
+    """Off by default (no instance heads, no target of them); on, the loss is the pixel loss
+    plus the weight times BYOL's symmetrised 2 - 2 cos(p, z') of the pooled maps, each view's
+    prediction against the EMA target's projection of the other, whose head is a target too."""
+    from test_methods import batch_for
+
+    from ssl_ray.nn.backbones import dense_map
+
+    plain = _pixpro(0.0).eval()
+    assert not hasattr(plain, "instance_projector") and plain.targets.online == ("backbone", "projector")
+    batch = batch_for(plain, n=6)
+    pixel_only = plain(batch)["loss"]
+    combined = _pixpro(0.5).eval()  # the same seed: the same backbone and pixel heads
+    assert combined.targets.online == ("backbone", "projector", "instance_projector")
+    with torch.no_grad():
+        n = batch.size
+        both = torch.cat(batch.views)
+        p = combined.instance_predictor(
+            combined.instance_projector(dense_map(combined.backbone, both).mean(dim=(2, 3)))
+        )
+        z = combined.target_instance_projector(dense_map(combined.target_backbone, both).mean(dim=(2, 3)))
+        byol = sum(
+            2 - 2 * F.cosine_similarity(p[a], z[b], dim=1).mean()
+            for a, b in ((slice(0, n), slice(n, None)), (slice(n, None), slice(0, n)))
+        )
+        torch.testing.assert_close(combined(batch)["loss"], pixel_only + 0.5 * byol)

@@ -7,8 +7,11 @@ the positions both views show (``nn.dense_matching``, their crop boxes carried f
 
 As the paper: gamma 2, one linear layer in the propagation module, the matching threshold
 0.7 of a feature-map cell, the symmetric loss (Eq. 5), target momentum 0.99 raised to 1 along a
-cosine. Deviation: the instance-level branch (PixContrast, Table 4's +1 AP) is left out; the
-method is the pixel-level loss alone, as its best dense-transfer row.
+cosine. The instance-level branch of Sec. 3.4 / Table 4 is optional (``instance_weight``, 0 by
+default: the pixel-level loss alone, the paper's best row on Pascal VOC): BYOL's loss on the
+pooled map through an instance projector and predictor, against the EMA target's projection of
+the other view, added with that weight, as the authors' code
+(https://github.com/zdaxie/PixPro) does.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ from ssl_ray.methods.params import MomentumTarget, Projector
 from ssl_ray.methods.registry import register_method
 from ssl_ray.nn.backbones import dense_map
 from ssl_ray.nn.dense_matching import positive_pairs
-from ssl_ray.nn.heads import PixelPropagation, pixel_mlp
-from ssl_ray.nn.losses import PixelConsistencyLoss
+from ssl_ray.nn.heads import PixelPropagation, mlp, pixel_mlp
+from ssl_ray.nn.losses import NegativeCosineLoss, PixelConsistencyLoss
 from ssl_ray.views.parts import CropBoxes
 from ssl_ray.views.recipe import Batch
 
@@ -38,6 +41,8 @@ class PixPro(SSLMethod):
         propagation_layers: int = Field(default=1, ge=1, le=2)
         # Positions of the two views closer than this many feature-map cells are positive pairs.
         match_threshold: float = Field(default=0.7, gt=0.0)
+        # Weight of the instance-level branch added to the pixel loss; 0 leaves it out.
+        instance_weight: float = Field(default=0.0, ge=0.0)
 
     @classmethod
     def recipe_parts(cls, params) -> tuple[CropBoxes, ...]:
@@ -48,8 +53,14 @@ class PixPro(SSLMethod):
         m = params
         self.projector = pixel_mlp([self.feature_dim, m.projection_hidden_dim, m.projection_dim])
         self.propagation = PixelPropagation(m.projection_dim, m.sharpness, m.propagation_layers)
-        self.add_targets("backbone", "projector", momentum=m.ema_momentum, schedule="cosine")
+        heads = ("backbone", "projector")
+        if m.instance_weight > 0:
+            self.instance_projector = mlp([self.feature_dim, m.projection_hidden_dim, m.projection_dim])
+            self.instance_predictor = mlp([m.projection_dim, m.projection_hidden_dim, m.projection_dim])
+            heads += ("instance_projector",)
+        self.add_targets(*heads, momentum=m.ema_momentum, schedule="cosine")
         self.criterion = PixelConsistencyLoss()
+        self.instance_criterion = NegativeCosineLoss()
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         n = batch.size
@@ -58,9 +69,18 @@ class PixPro(SSLMethod):
         maps = dense_map(self.backbone, both)
         y = self.propagation(self.projector(maps))
         with torch.no_grad():
-            target = self.target_projector(dense_map(self.target_backbone, both))
+            target_maps = dense_map(self.target_backbone, both)
+            target = self.target_projector(target_maps)
         h, w = maps.shape[-2:]
         pairs = positive_pairs(boxes[:, 0], boxes[:, 1], h, w, self.params.match_threshold)
         # Eq. 5: view 1's propagated map against view 2's target, and view 2's against view 1's.
         loss = self.criterion(y[:n], target[n:], pairs) + self.criterion(y[n:], target[:n], pairs.transpose(1, 2))
-        return {"loss": loss, "embedding": maps[:n].mean(dim=(2, 3)).detach()}
+        pooled = maps.mean(dim=(2, 3))
+        if self.params.instance_weight > 0:
+            p = self.instance_predictor(self.instance_projector(pooled))
+            with torch.no_grad():
+                z = self.target_instance_projector(target_maps.mean(dim=(2, 3)))
+            # BYOL's symmetrised 2 - 2 cos(p, z') for each view order.
+            instance = 4 + 2 * (self.instance_criterion(p[:n], z[n:]) + self.instance_criterion(p[n:], z[:n]))
+            loss = loss + self.params.instance_weight * instance
+        return {"loss": loss, "embedding": pooled[:n].detach()}
