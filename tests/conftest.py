@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import types
 import uuid
 from pathlib import Path
 
@@ -40,6 +41,36 @@ def pytest_unconfigure(config):
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(_session_exit["status"])
+
+
+# Fixtures that start or use the session's services (and so a Ray head in this process).
+SERVICE_FIXTURES = {"mlflow_server", "s3_server", "s3", "simclr_pretrained", "local_ray"}
+
+
+def _uses_ray(item: pytest.Item) -> bool:
+    """A test that starts Ray or the services: its module imports ray or the CLI/services
+    helpers, or it takes a service fixture."""
+    if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    for value in vars(item.module).values():
+        if isinstance(value, types.ModuleType) and value.__name__.split(".")[0] == "ray":
+            return True
+        if getattr(value, "__module__", None) in {"cli", "services"}:
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under ``-n 2 --dist loadgroup`` (scripts/test.sh) the tests that run Ray or the services
+    form one group, run in order by one worker, first, with its one Ray head and servers, while
+    the other worker takes the in-process tests: the Ray runs leave about a third of the two
+    cores idle (process starts, waits on Ray and the servers), which the unit tests fill. Without
+    xdist the mark is inert and the order is the same but for the group coming first."""
+    ray_items = [item for item in items if _uses_ray(item)]
+    for item in ray_items:
+        item.add_marker(pytest.mark.xdist_group("ray"))
+    chosen = set(map(id, ray_items))
+    items[:] = ray_items + [item for item in items if id(item) not in chosen]
 
 
 FASHION_MNIST = Path(os.environ.get("SSL_RAY_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
